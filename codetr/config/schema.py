@@ -7,6 +7,7 @@ Sections live in small files named for what they hold:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from codetr.config.aux_schema import AUX_HEAD_TYPES, AuxHeadsConfig
 from codetr.config.data_schema import DataConfig
@@ -20,6 +21,7 @@ class BackboneConfig:
     pretrained: bool = True            # load ImageNet weights (from weights_path or the torch hub cache); never downloaded
     weights_path: str | None = None    # explicit weights file; default: the torch hub cache's torchvision file
     frozen_stages: int = 1             # stem + this many stages are frozen (official: 1)
+    norm: Literal["frozen_bn", "bn"] = "frozen_bn"   # frozen_bn with ImageNet weights; bn to train from scratch
 
     def validate(self, prefix: str) -> None:
         check_range(self.depth in (18, 34, 50, 101), f"{prefix}.depth", f"must be 18, 34, 50 or 101, got {self.depth}")
