@@ -1,0 +1,105 @@
+"""Query-head losses: Hungarian one-to-one losses per decoder layer and on the two-stage proposals,
+and the direct (unmatched) losses of the customized positive queries. All returned unweighted."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from codetr.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
+from codetr.config.schema import ModelConfig
+from codetr.models.losses import mean_over_workers, sigmoid_focal_loss_sum
+from codetr.models.matcher import hungarian_match
+
+
+def _pair_losses(logits: Tensor, boxes_cxcywh_norm: Tensor, batch_idx: Tensor, query_idx: Tensor,
+                 labels: Tensor, gt_boxes_cxcywh_norm: Tensor, scales_xyxy: Tensor, normalizer: Tensor,
+                 alpha: float, gamma: float, cls_rows: Tensor | None = None) -> dict[str, Tensor]:
+    """Focal / L1 / GIoU losses given which (image, query) is supervised by which target.
+
+    Args:
+        logits: [B, Q, C]; boxes_cxcywh_norm: [B, Q, 4].
+        batch_idx, query_idx: [M] the supervised predictions; labels [M]; gt_boxes_cxcywh_norm [M, 4].
+        scales_xyxy: [B, 4] per image (w, h, w, h), to compute GIoU on pixel boxes.
+        normalizer: scalar, the number of targets averaged over workers (>= 1).
+        cls_rows: optional [B, Q] bool: only these predictions enter the classification loss
+            (default: all, unmatched ones are negatives).
+    """
+    target_cls = torch.zeros_like(logits, dtype=torch.float32)
+    target_cls[batch_idx, query_idx, labels] = 1.0
+    if cls_rows is None:
+        loss_cls = sigmoid_focal_loss_sum(logits, target_cls, alpha, gamma) / normalizer
+    else:
+        loss_cls = sigmoid_focal_loss_sum(logits[cls_rows], target_cls[cls_rows], alpha, gamma) / normalizer
+    pred = boxes_cxcywh_norm[batch_idx, query_idx].float()
+    target = gt_boxes_cxcywh_norm.float()
+    loss_bbox = (pred - target).abs().sum() / normalizer
+    scale = scales_xyxy[batch_idx]
+    giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(pred) * scale, box_cxcywh_to_xyxy(target) * scale)
+    loss_giou = (1 - giou).sum() / normalizer
+    # keep every term connected to the graph, also when nothing is supervised
+    zero = boxes_cxcywh_norm.sum() * 0.0
+    return {"loss_cls": loss_cls, "loss_bbox": loss_bbox + zero, "loss_giou": loss_giou + zero}
+
+
+class QueryCriterion:
+    """Computes the query head's unweighted losses with the one naming rule:
+    ``query/<term>`` for the last decoder layer, ``query/d<i>.<term>`` for earlier ones,
+    ``query/enc.<term>`` for the two-stage proposals, and ``<head>/pos.<term>``,
+    ``<head>/pos.d<i>.<term>`` for one auxiliary head's positive queries."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.match = cfg.match
+        self.alpha = cfg.loss.focal_alpha
+        self.gamma = cfg.loss.focal_gamma
+
+    def _matched(self, logits: Tensor, boxes: Tensor, gt_labels: list[Tensor], gt_boxes: list[Tensor],
+                 scales_xyxy: Tensor, normalizer: Tensor) -> dict[str, Tensor]:
+        indices = hungarian_match(logits, boxes, gt_labels, gt_boxes, scales_xyxy, self.match.cls,
+                                  self.match.bbox, self.match.giou, self.alpha, self.gamma)
+        batch_idx = torch.cat([torch.full_like(p, i) for i, (p, _) in enumerate(indices)])
+        query_idx = torch.cat([p for p, _ in indices])
+        labels = torch.cat([gt_labels[i][g] for i, (_, g) in enumerate(indices)])
+        targets = torch.cat([gt_boxes[i][g] for i, (_, g) in enumerate(indices)])
+        return _pair_losses(logits, boxes, batch_idx, query_idx, labels, targets, scales_xyxy, normalizer,
+                            self.alpha, self.gamma)
+
+    def hungarian_losses(self, logits: Tensor, boxes_cxcywh_norm: Tensor, enc_logits: Tensor | None,
+                         enc_boxes_cxcywh_norm: Tensor | None, gt_labels: list[Tensor],
+                         gt_boxes_cxcywh_norm: list[Tensor], scales_xyxy: Tensor) -> dict[str, Tensor]:
+        """logits [L, B, Q, C], boxes [L, B, Q, 4]; enc_* [B, N, 1] / [B, N, 4] (class-agnostic)."""
+        num_gts = sum(len(t) for t in gt_labels)
+        normalizer = mean_over_workers(float(num_gts), logits.device).clamp(min=1.0)
+        losses: dict[str, Tensor] = {}
+        num_layers = logits.shape[0]
+        for layer in range(num_layers):
+            prefix = "query/" if layer == num_layers - 1 else f"query/d{layer}."
+            for term, value in self._matched(logits[layer], boxes_cxcywh_norm[layer], gt_labels,
+                                             gt_boxes_cxcywh_norm, scales_xyxy, normalizer).items():
+                losses[prefix + term] = value
+        if enc_logits is not None:
+            agnostic = [torch.zeros_like(t) for t in gt_labels]
+            for term, value in self._matched(enc_logits, enc_boxes_cxcywh_norm, agnostic, gt_boxes_cxcywh_norm,
+                                             scales_xyxy, normalizer).items():
+                losses["query/enc." + term] = value
+        return losses
+
+    def positive_losses(self, head_name: str, logits: Tensor, boxes_cxcywh_norm: Tensor, labels: Tensor,
+                        targets_cxcywh_norm: Tensor, mask: Tensor, scales_xyxy: Tensor) -> dict[str, Tensor]:
+        """Direct supervision of one auxiliary head's positive queries (no matching).
+
+        logits [L, B, P, C], boxes [L, B, P, 4]; labels [B, P]; targets [B, P, 4]; mask [B, P].
+        """
+        batch_idx, query_idx = mask.nonzero(as_tuple=True)
+        normalizer = mean_over_workers(mask.sum().float(), logits.device).clamp(min=1.0)
+        sel_labels = labels[batch_idx, query_idx]
+        sel_targets = targets_cxcywh_norm[batch_idx, query_idx]
+        losses: dict[str, Tensor] = {}
+        num_layers = logits.shape[0]
+        for layer in range(num_layers):
+            prefix = f"{head_name}/pos." if layer == num_layers - 1 else f"{head_name}/pos.d{layer}."
+            for term, value in _pair_losses(logits[layer], boxes_cxcywh_norm[layer], batch_idx, query_idx,
+                                            sel_labels, sel_targets, scales_xyxy, normalizer, self.alpha,
+                                            self.gamma, cls_rows=mask).items():
+                losses[prefix + term] = value
+        return losses

@@ -1,0 +1,171 @@
+"""Co-DETR: backbone -> neck -> query head (Deformable-DETR) + K auxiliary heads in training.
+
+torchvision's detection conventions: ``model(images, targets)`` returns a dict of weighted scalar
+losses in train mode (their sum is the objective), ``model(images)`` returns per-image
+``{"boxes", "scores", "labels"}`` in eval mode.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from codetr.config.schema import ModelConfig
+from codetr.models.backbone import ResNetBackbone
+from codetr.models.criterion import QueryCriterion
+from codetr.models.neck import ChannelMapper
+from codetr.models.query_head import QueryHead
+
+
+def aux_head_keys(names: list[str]) -> list[str]:
+    """Unique loss prefixes for the auxiliary heads: a repeated name gets ``_2``, ``_3``... from its second use."""
+    keys, seen = [], {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return keys
+
+
+class CoDETR(nn.Module):
+    """The detector. ``aux_heads`` are built by :func:`codetr.models.build.build_model`."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, aux_heads: list[nn.Module] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        aux_heads = aux_heads or []
+        self.backbone = ResNetBackbone(cfg.backbone)
+        self.neck = ChannelMapper(self.backbone.out_channels, cfg.embed_dims)
+        self.query_head = QueryHead(cfg, num_classes, num_aux_heads=len(aux_heads))
+        self.aux_heads = nn.ModuleList(aux_heads)
+        self.aux_keys = aux_head_keys(list(cfg.aux_heads))[: len(aux_heads)]
+        self.criterion = QueryCriterion(cfg, num_classes)
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------ inputs / outputs
+
+    def preprocess(self, images: list[Tensor]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """Normalise and pad to one batch.
+
+        Returns the batch [B, 3, H, W] (padding = 0 after normalisation, bottom / right), the padding
+        mask [B, H, W] (True = padding) and the unpadded (h, w) of every image.
+        """
+        if not images:
+            raise ValueError("empty list of images")
+        for i, img in enumerate(images):
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise ValueError(f"images[{i}] must be [3, H, W], got {tuple(img.shape)}")
+        sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        max_h = max(h for h, _ in sizes)
+        max_w = max(w for _, w in sizes)
+        batch = images[0].new_zeros((len(images), 3, max_h, max_w))
+        mask = torch.ones((len(images), max_h, max_w), dtype=torch.bool, device=images[0].device)
+        for i, (img, (h, w)) in enumerate(zip(images, sizes)):
+            batch[i, :, :h, :w] = (img - self.pixel_mean) / self.pixel_std
+            mask[i, :h, :w] = False
+        return batch, mask, sizes
+
+    @staticmethod
+    def _scales(sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
+        return torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32, device=device)
+
+    @torch.no_grad()
+    def postprocess(self, logits: Tensor, boxes_cxcywh_norm: Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
+        """Top-k over queries x classes (sigmoid), boxes to xyxy pixels clipped to the image. No NMS.
+
+        logits [B, Q, C], boxes [B, Q, 4] -> per image {"boxes" [k, 4], "scores" [k], "labels" [k]}.
+        """
+        bs, num_queries, num_classes = logits.shape
+        k = min(self.cfg.num_detections, num_queries * num_classes)
+        scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
+        query = index // num_classes
+        labels = index % num_classes
+        boxes_xyxy = box_cxcywh_to_xyxy(boxes_cxcywh_norm.gather(1, query[..., None].expand(-1, -1, 4)))
+        results = []
+        for i, (h, w) in enumerate(sizes):
+            b = boxes_xyxy[i] * boxes_xyxy.new_tensor([w, h, w, h])
+            b[:, 0::2] = b[:, 0::2].clamp(0, w)
+            b[:, 1::2] = b[:, 1::2].clamp(0, h)
+            results.append({"boxes": b, "scores": scores[i], "labels": labels[i]})
+        return results
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, return_unweighted: bool = False):
+        """Train mode: weighted losses (and the unweighted terms with ``return_unweighted``).
+        Eval mode: detections in input-image pixels."""
+        batch, mask, sizes = self.preprocess(images)
+        feats, masks = self.neck(self.backbone(batch), mask)
+        out = self.query_head(feats, masks)
+        if not self.training:
+            return self.postprocess(out.logits[-1], out.boxes_cxcywh_norm[-1], sizes)
+        if targets is None:
+            raise ValueError("targets are required in training mode")
+        unweighted = self.compute_losses(out, targets, sizes)
+        weighted = self.weight_losses(unweighted)
+        return (weighted, unweighted) if return_unweighted else weighted
+
+    def compute_losses(self, out, targets: list[dict], sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
+        """All unweighted loss terms: the query head's, each auxiliary head's and its positive queries'."""
+        device = out.logits.device
+        scales = self._scales(sizes, device)
+        gt_labels = [t["labels"].to(device=device, dtype=torch.int64) for t in targets]
+        gt_boxes = [box_xyxy_to_cxcywh(t["boxes"].to(device=device, dtype=torch.float32)) / scales[i]
+                    for i, t in enumerate(targets)]
+        losses = self.criterion.hungarian_losses(out.logits, out.boxes_cxcywh_norm, out.enc_logits,
+                                                 out.enc_boxes_cxcywh_norm, gt_labels, gt_boxes, scales)
+        head_targets = [{"boxes": t["boxes"].to(device=device, dtype=torch.float32),
+                         "labels": t["labels"].to(device=device, dtype=torch.int64)} for t in targets]
+        for idx, (key, head) in enumerate(zip(self.aux_keys, self.aux_heads)):
+            head_losses, positives = head.forward_train(out.pyramid, head_targets, sizes)
+            losses.update({f"{key}/{term}": value for term, value in head_losses.items()})
+            if positives.mask.shape[1] == 0:
+                # no positives anywhere in the batch: keep the branch in the graph with zero losses
+                zero = sum(p.sum() for p in self.query_head.aux_pos_trans[idx].parameters()) * 0.0
+                for layer in range(self.cfg.num_decoder_layers):
+                    prefix = f"{key}/pos." if layer == self.cfg.num_decoder_layers - 1 else f"{key}/pos.d{layer}."
+                    for term in ("loss_cls", "loss_bbox", "loss_giou"):
+                        losses[prefix + term] = zero
+                continue
+            logits, boxes = self.query_head.forward_positive(out.ctx, positives.boxes_cxcywh_norm, positives.mask,
+                                                             idx, positives.feats)
+            losses.update(self.criterion.positive_losses(key, logits, boxes, positives.labels,
+                                                         positives.targets_cxcywh_norm, positives.mask, scales))
+        return losses
+
+    def loss_weight(self, name: str) -> float:
+        """The weight of one named loss term (the single place where weights are decided).
+
+        ``query/...``: the query head's term weight. ``<head>/pos...``: query term weight x lambda1.
+        ``<head>/<term>``: the head's own term weight x lambda2 x num_decoder_layers.
+        """
+        head, term = name.split("/", 1)
+        query_weights = {"loss_cls": self.cfg.loss.cls, "loss_bbox": self.cfg.loss.bbox,
+                         "loss_giou": self.cfg.loss.giou}
+        last = term.rsplit(".", 1)[-1]
+        if head == "query":
+            return query_weights[last]
+        if term.startswith("pos."):
+            return query_weights[last] * self.cfg.lambda1
+        aux = self.aux_heads[self.aux_keys.index(head)]
+        return aux.loss_weights[term] * self.cfg.lambda2 * self.cfg.num_decoder_layers
+
+    def weight_losses(self, unweighted: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {name: value * self.loss_weight(name) for name, value in unweighted.items()}
+
+    # ------------------------------------------------------------------ deployment
+
+    def for_inference(self) -> "CoDETR":
+        """A copy without the auxiliary heads and the positive-query branch: a plain Deformable-DETR
+        with exactly the parameters of a model built with ``aux_heads: []``."""
+        model = copy.deepcopy(self)
+        model.aux_heads = nn.ModuleList()
+        model.aux_keys = []
+        model.query_head.drop_aux_branch()
+        model.cfg = copy.deepcopy(self.cfg)
+        model.cfg.aux_heads = []
+        return model.eval()
