@@ -3,35 +3,62 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from codetr.config.loader import check_range
+
 
 @dataclass
 class TrainConfig:
     epochs: int = 12
     max_iters: int | None = None       # stop after this many iterations (overrides epochs when smaller)
-    lr: float = 2e-4
+    lr: float = 2e-4                   # AdamW lr of the base parameter group
     weight_decay: float = 1e-4
     # parameters whose name contains one of these get lr x lr_mult_value (official: backbone, offsets, refs)
     lr_mult_keys: list[str] = field(default_factory=lambda: ["backbone", "sampling_offsets", "reference_points"])
     lr_mult_value: float = 0.1
-    clip_grad_norm: float = 0.1        # 0 disables clipping
+    clip_grad_norm: float = 0.1        # max total grad norm; 0 disables clipping
     lr_steps: list[int] = field(default_factory=lambda: [11])   # epochs at which lr *= lr_gamma
     lr_gamma: float = 0.1
-    warmup_iters: int = 0
+    warmup_iters: int = 0              # linear lr warm-up over this many iterations
+    warmup_ratio: float = 0.001        # warm-up starts at lr x warmup_ratio
     amp: bool = True                   # bf16 autocast on GPU (ignored on CPU)
-    seed: int = 0
-    eval_every: int = 1                # epochs
-    log_every: int = 20                # iterations
-    checkpoint_every: int = 1          # epochs
+    seed: int = 0                      # base seed; worker rank r uses seed + r
+    eval_every: int = 1                # evaluate every N epochs (and always after the last); 0: only at the end
+    log_every: int = 20                # iterations between metric logs / progress lines
+    checkpoint_every: int = 1          # checkpoint every N epochs (and always after the last); 0: only at the end
+
+    def validate(self, prefix: str) -> None:
+        check_range(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
+        if self.max_iters is not None:
+            check_range(self.max_iters >= 1, f"{prefix}.max_iters", "must be >= 1 or null")
+        check_range(self.lr > 0, f"{prefix}.lr", "must be > 0")
+        check_range(self.clip_grad_norm >= 0, f"{prefix}.clip_grad_norm", "must be >= 0")
+        check_range(self.warmup_iters >= 0, f"{prefix}.warmup_iters", "must be >= 0")
+        check_range(0 < self.warmup_ratio <= 1, f"{prefix}.warmup_ratio", "must be in (0, 1]")
+        check_range(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1")
+        check_range(self.eval_every >= 0, f"{prefix}.eval_every", "must be >= 0")
+        check_range(self.checkpoint_every >= 0, f"{prefix}.checkpoint_every", "must be >= 0")
 
 
 @dataclass
 class PlatformConfig:
     num_workers: int = 1               # Ray Train workers (one per GPU when use_gpu)
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-    gpus_per_worker: float = 1.0
-    storage_path: str = "runs"         # Ray Train storage: a local folder, a shared mount or a URI
-    run_name: str | None = None
+    use_gpu: bool = False              # one GPU per worker (NCCL); false: CPU workers (gloo)
+    cpus_per_worker: int = 1           # Ray CPUs per worker; also torch.set_num_threads in the worker
+    gpus_per_worker: float = 1.0       # Ray GPUs per worker when use_gpu
+    placement_strategy: str = "PACK"   # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
+    storage_path: str = "runs"         # Ray Train storage: a local folder, a shared mount or a URI (multi-node)
+    run_name: str | None = None        # Ray Train run + MLflow run name; null: <experiment>-<timestamp>; same name resumes
     experiment_name: str = "codetr"    # MLflow experiment
-    max_failures: int = 0
-    num_to_keep: int = 2               # checkpoints kept by Ray Train
+    max_failures: int = 0              # Ray Train restarts from the last checkpoint after a worker failure
+    num_to_keep: int = 2               # checkpoints kept by Ray Train in storage
+    find_unused_parameters: bool = True   # DDP: some heads may not use every parameter in a step
+    log_checkpoints: bool = True       # upload the last and the best checkpoint to MLflow
+    num_val_images: int = 4            # validation images drawn with predicted and true boxes (MLflow)
+
+    def validate(self, prefix: str) -> None:
+        check_range(self.num_workers >= 1, f"{prefix}.num_workers", "must be >= 1")
+        check_range(self.cpus_per_worker >= 1, f"{prefix}.cpus_per_worker", "must be >= 1")
+        check_range(self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+                    f"{prefix}.placement_strategy", "must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+        check_range(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1: unlimited)")
+        check_range(self.num_to_keep >= 1, f"{prefix}.num_to_keep", "must be >= 1")

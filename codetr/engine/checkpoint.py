@@ -1,0 +1,93 @@
+"""Training checkpoints: one ``torch.save`` file, written atomically, with RNG states.
+
+A checkpoint is a dict::
+
+    {"format": "codetr-checkpoint/1", "model": state_dict, "optimizer": ..., "scheduler": ...,
+     "epoch": completed epochs, "iteration": completed iterations, "rng_states": [per rank],
+     "config": to_dict(cfg), "num_classes": int, "category_names": [...], "metrics": {...},
+     "best": {"metric": name, "value": float} | None}
+
+``save_checkpoint`` writes to a temporary file in the same folder and renames it over the
+target, so a crash mid-write never leaves a truncated checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "codetr-checkpoint/1"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The RNG states of Python, NumPy, torch CPU and (when present) CUDA."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (or ``model`` itself)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically ``torch.save`` ``state`` (tagged with the checkpoint format) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself if it is a file, else ``path/checkpoint.pt`` (a Ray Train checkpoint folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (a file or a folder holding ``checkpoint.pt``)."""
+    file = resolve_checkpoint_file(path)
+    # weights_only=False: the checkpoint holds RNG states (NumPy tuples) and the config dict
+    state = torch.load(file, map_location=map_location, weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{file} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return state

@@ -1,0 +1,59 @@
+"""Evaluation loop: detections of every validation image into a COCO evaluator, across ranks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from codetr.engine.checkpoint import unwrap_model
+from codetr.engine.dist import get_rank
+
+
+@dataclass
+class EvalSample:
+    """One validation image with its detections and ground truth, for drawing (all on the CPU).
+
+    ``image`` is [3, H, W] in [0, 1] as fed to the model; boxes are xyxy pixels of that image.
+    """
+    image: torch.Tensor
+    prediction: dict[str, torch.Tensor]   # boxes [N, 4], scores [N], labels [N]
+    target: dict[str, Any]                # boxes [M, 4], labels [M], image_id, ...
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.device, *, amp: bool = False,
+             num_samples: int = 0) -> tuple[dict[str, float], list[EvalSample]]:
+    """Run ``model`` in eval mode over ``loader`` and return ``(metrics, samples)``.
+
+    Every rank feeds its shard of the validation set to ``evaluator.update(predictions, targets)``;
+    ``evaluator.synchronize()`` gathers them over torch.distributed and ``evaluator.summarize()``
+    returns ``{"coco/AP": ..., ...}`` on rank 0 (``{}`` on other ranks). ``samples`` are the first
+    ``num_samples`` images of rank 0. The model is put back in train mode afterwards.
+    """
+    from codetr.engine.loop import autocast_context
+
+    net = unwrap_model(model)   # no DDP hooks or buffer broadcasts in eval
+    was_training = net.training
+    net.eval()
+    samples: list[EvalSample] = []
+    try:
+        for images, targets in loader:
+            images = [img.to(device, non_blocking=True) for img in images]
+            with autocast_context(device, amp):
+                predictions = net(images)
+            predictions = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()}
+                           for p in predictions]
+            targets_cpu = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+            evaluator.update(predictions, targets_cpu)
+            if get_rank() == 0:
+                for img, pred, tgt in zip(images, predictions, targets_cpu):
+                    if len(samples) >= num_samples:
+                        break
+                    samples.append(EvalSample(img.float().cpu(), pred, tgt))
+        evaluator.synchronize()
+        metrics = evaluator.summarize() if get_rank() == 0 else {}
+    finally:
+        net.train(was_training)
+    return {k: float(v) for k, v in (metrics or {}).items()}, samples
