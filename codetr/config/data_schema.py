@@ -4,6 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from codetr.config.loader import check_range
+
+# The menu of shapes the synthetic generator can draw (``data.synthetic.classes`` picks from it).
+SYNTHETIC_SHAPES = ("rectangle", "ellipse", "triangle", "cross", "ring", "star")
+
 
 @dataclass
 class SplitConfig:
@@ -13,31 +18,74 @@ class SplitConfig:
 
 @dataclass
 class SyntheticConfig:
-    root: str = "data/synthetic"       # cache folder (generated on first use)
-    num_train: int = 1000
-    num_val: int = 200
-    image_size: int = 256
-    seed: int = 0
+    root: str = "data/synthetic"       # cache folder (generated on first use, one sub-folder per settings hash)
+    num_train: int = 1000              # training images
+    num_val: int = 200                 # validation images
+    image_size: int = 256              # longer image side in pixels (the shorter one is 75-100% of it)
+    seed: int = 0                      # same seed + settings = byte-identical dataset
+    classes: list[str] = field(default_factory=lambda: ["rectangle", "ellipse", "triangle", "cross", "ring"])
+    max_objects: int = 6               # objects per image: 1..max_objects (uniform)
+    empty_fraction: float = 0.04       # fraction of images with no object at all
+    min_object_frac: float = 0.12      # usual object size (longer box side) as a fraction of the image, lower end
+    max_object_frac: float = 0.5       # ... upper end (sizes are log-uniform in between)
+    small_fraction: float = 0.1        # fraction of objects drawn smaller, 5% up to min_object_frac
+    max_occlusion: float = 0.4         # an earlier object may lose at most this fraction of its pixels
+    noise_std: float = 8.0             # Gaussian pixel noise (0-255 scale) over the whole image
+
+    def validate(self, prefix: str) -> None:
+        p = prefix
+        check_range(self.num_train >= 1, f"{p}.num_train", "must be >= 1")
+        check_range(self.num_val >= 1, f"{p}.num_val", "must be >= 1")
+        check_range(self.image_size >= 32, f"{p}.image_size", "must be >= 32")
+        check_range(len(self.classes) >= 1, f"{p}.classes", "needs at least one shape")
+        check_range(len(set(self.classes)) == len(self.classes), f"{p}.classes", "shapes must be distinct")
+        for i, name in enumerate(self.classes):
+            check_range(name in SYNTHETIC_SHAPES, f"{p}.classes[{i}]",
+                        f"unknown shape {name!r}; choose from {list(SYNTHETIC_SHAPES)}")
+        check_range(self.max_objects >= 1, f"{p}.max_objects", "must be >= 1")
+        check_range(0.0 <= self.empty_fraction < 1.0, f"{p}.empty_fraction", "must be in [0, 1)")
+        check_range(0.05 <= self.min_object_frac <= self.max_object_frac <= 0.9, f"{p}.min_object_frac",
+                    "need 0.05 <= min_object_frac <= max_object_frac <= 0.9")
+        check_range(0.0 <= self.small_fraction <= 1.0, f"{p}.small_fraction", "must be in [0, 1]")
+        check_range(0.0 <= self.max_occlusion < 1.0, f"{p}.max_occlusion", "must be in [0, 1)")
+        check_range(self.noise_std >= 0, f"{p}.noise_std", "must be >= 0")
 
 
 @dataclass
 class AugmentConfig:
-    flip_prob: float = 0.5
+    flip_prob: float = 0.5             # horizontal flip probability (training)
     # (a) multi-scale resize: shorter side chosen from these, longer side <= max_size
     scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
-    max_size: int = 1333
+    max_size: int = 1333               # longer-side cap of the multi-scale resize
     # (b) resize to one of crop_resize_scales, random absolute crop in crop_size range, then (a)
     crop_resize_scales: list[int] = field(default_factory=lambda: [400, 500, 600])
-    crop_size: list[int] = field(default_factory=lambda: [384, 600])
-    crop_prob: float = 0.5
+    crop_resize_max_size: int = 4200   # longer-side cap of (b)'s first resize (official: 4200, i.e. none)
+    crop_size: list[int] = field(default_factory=lambda: [384, 600])   # [min, max] crop height and width
+    crop_prob: float = 0.5             # probability of policy (b) instead of (a) (official: 0.5)
     # evaluation: single-scale resize
-    eval_scale: int = 800
-    eval_max_size: int = 1333
+    eval_scale: int = 800              # shorter side at evaluation
+    eval_max_size: int = 1333          # longer-side cap at evaluation
+
+    def validate(self, prefix: str) -> None:
+        p = prefix
+        check_range(0.0 <= self.flip_prob <= 1.0, f"{p}.flip_prob", "must be in [0, 1]")
+        check_range(0.0 <= self.crop_prob <= 1.0, f"{p}.crop_prob", "must be in [0, 1]")
+        for name in ("scales", "crop_resize_scales"):
+            values = getattr(self, name)
+            check_range(len(values) >= 1 and all(v >= 1 for v in values), f"{p}.{name}",
+                        "needs at least one positive size")
+        check_range(all(s <= self.max_size for s in self.scales), f"{p}.max_size",
+                    f"must be >= every scale (max scale {max(self.scales)})")
+        check_range(len(self.crop_size) == 2 and 1 <= self.crop_size[0] <= self.crop_size[1],
+                    f"{p}.crop_size", f"must be [min, max] with 1 <= min <= max, got {self.crop_size}")
+        check_range(self.crop_resize_max_size >= 1, f"{p}.crop_resize_max_size", "must be >= 1")
+        check_range(self.eval_scale >= 1, f"{p}.eval_scale", "must be >= 1")
+        check_range(self.eval_max_size >= self.eval_scale, f"{p}.eval_max_size", "must be >= eval_scale")
 
 
 @dataclass
 class DataConfig:
-    dataset: Literal["synthetic", "coco"] = "synthetic"
+    dataset: Literal["synthetic", "coco"] = "synthetic"   # the embedded generated set, or COCO-format files
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
@@ -45,3 +93,13 @@ class DataConfig:
     batch_size: int = 2                # images per worker
     num_workers: int = 2               # data-loader processes per worker
     on_bad_image: Literal["skip", "error"] = "skip"   # a missing / corrupt image: skip and count, or stop
+
+    def validate(self, prefix: str) -> None:
+        p = prefix
+        check_range(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
+        check_range(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
+        if self.dataset == "coco":
+            for split in ("train", "val"):
+                for key in ("ann_file", "img_dir"):
+                    check_range(bool(getattr(getattr(self, split), key)), f"{p}.{split}.{key}",
+                                "must be set when data.dataset is 'coco'")

@@ -1,0 +1,132 @@
+"""Read and check a COCO-format annotation file, build its pycocotools index.
+
+The checks run once at load time so that a malformed file fails before training
+starts, with a message naming the field and the image or annotation id. Optional
+fields that COCOeval needs (``area``, ``iscrowd``) are filled in when absent.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from pycocotools.coco import COCO
+
+
+class AnnotationError(ValueError):
+    """The annotation file is malformed; the message names the field and the image / annotation id."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(entry: dict, field: str, kind: str, where: str, path: str) -> Any:
+    """Return ``entry[field]`` after checking it exists and has type ``kind`` ("int", "str", "number")."""
+    if field not in entry:
+        raise AnnotationError(f"{path}: {where} has no {field!r} field")
+    value = entry[field]
+    ok = {"int": _is_int, "str": lambda v: isinstance(v, str), "number": _is_number}[kind](value)
+    if not ok:
+        raise AnnotationError(f"{path}: {where}: field {field!r} must be {kind}, got {value!r}")
+    return value
+
+
+def validate_coco_dict(data: Any, path: str = "<annotations>") -> dict:
+    """Check a COCO-format dict in place and fill ``area`` / ``iscrowd`` defaults.
+
+    Required: top-level lists ``images``, ``annotations``, ``categories``; per image ``id`` (int),
+    ``file_name`` (str), ``width`` / ``height`` (int > 0); per category ``id`` (int), ``name`` (str);
+    per annotation ``id`` (int), ``image_id`` (a listed image), ``category_id`` (a listed category),
+    ``bbox`` ([x, y, w, h] numbers). Optional: ``iscrowd`` (0/1, default 0), ``area`` (number,
+    default w*h). Ids must be unique. Raises AnnotationError naming the field and id.
+    """
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path}: top level must be a JSON object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise AnnotationError(f"{path}: missing top-level field {key!r}")
+        if not isinstance(data[key], list):
+            raise AnnotationError(f"{path}: top-level field {key!r} must be a list, got {type(data[key]).__name__}")
+
+    image_ids: set[int] = set()
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            raise AnnotationError(f"{path}: images[{i}] must be an object, got {img!r}")
+        img_id = _require(img, "id", "int", f"images[{i}]", path)
+        where = f"image id {img_id}"
+        if img_id in image_ids:
+            raise AnnotationError(f"{path}: duplicate {where}")
+        image_ids.add(img_id)
+        _require(img, "file_name", "str", where, path)
+        for field in ("width", "height"):
+            if _require(img, field, "int", where, path) <= 0:
+                raise AnnotationError(f"{path}: {where}: field {field!r} must be > 0, got {img[field]}")
+
+    category_ids: set[int] = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict):
+            raise AnnotationError(f"{path}: categories[{i}] must be an object, got {cat!r}")
+        cat_id = _require(cat, "id", "int", f"categories[{i}]", path)
+        if cat_id in category_ids:
+            raise AnnotationError(f"{path}: duplicate category id {cat_id}")
+        category_ids.add(cat_id)
+        _require(cat, "name", "str", f"category id {cat_id}", path)
+    if not category_ids:
+        raise AnnotationError(f"{path}: 'categories' is empty")
+
+    ann_ids: set[int] = set()
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise AnnotationError(f"{path}: annotations[{i}] must be an object, got {ann!r}")
+        ann_id = _require(ann, "id", "int", f"annotations[{i}]", path)
+        where = f"annotation id {ann_id}"
+        if ann_id in ann_ids:
+            raise AnnotationError(f"{path}: duplicate {where}")
+        ann_ids.add(ann_id)
+        if _require(ann, "image_id", "int", where, path) not in image_ids:
+            raise AnnotationError(f"{path}: {where}: image_id {ann['image_id']} is not in 'images'")
+        if _require(ann, "category_id", "int", where, path) not in category_ids:
+            raise AnnotationError(f"{path}: {where}: category_id {ann['category_id']} is not in 'categories'")
+        if "bbox" not in ann:
+            raise AnnotationError(f"{path}: {where} has no 'bbox' field")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise AnnotationError(f"{path}: {where}: field 'bbox' must be [x, y, w, h] numbers, got {bbox!r}")
+        crowd = ann.setdefault("iscrowd", 0)
+        if not (_is_int(crowd) and crowd in (0, 1)):
+            raise AnnotationError(f"{path}: {where}: field 'iscrowd' must be 0 or 1, got {crowd!r}")
+        if "area" in ann:
+            if not _is_number(ann["area"]):
+                raise AnnotationError(f"{path}: {where}: field 'area' must be number, got {ann['area']!r}")
+        else:
+            ann["area"] = float(max(bbox[2], 0) * max(bbox[3], 0))
+    return data
+
+
+def coco_from_dict(data: dict) -> COCO:
+    """A pycocotools COCO object over an already-checked dict (no re-reading, no index printout)."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def load_coco_annotations(ann_file: str | Path) -> COCO:
+    """Read, check (see :func:`validate_coco_dict`) and index a COCO-format annotation file."""
+    path = str(ann_file)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    with open(path) as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise AnnotationError(f"{path}: not valid JSON: {e}") from e
+    return coco_from_dict(validate_coco_dict(data, path))

@@ -1,0 +1,65 @@
+"""Datasets and loaders from the config: ``build_dataset(cfg, "train" | "val")``, ``build_loader``."""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from codetr.config import Config, ConfigError
+from codetr.data.annotations import load_coco_annotations
+from codetr.data.coco import CocoDetection
+from codetr.data.collate import collate_fn
+from codetr.data.synthetic import ensure_synthetic_dataset
+from codetr.data.transforms import build_eval_transforms, build_train_transforms
+
+
+def split_files(cfg: Config, split: Literal["train", "val"]) -> tuple[str, str]:
+    """(ann_file, img_dir) of ``split``; generates the synthetic set on first use."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if cfg.data.dataset == "synthetic":
+        return ensure_synthetic_dataset(cfg.data.synthetic)[split]
+    split_cfg = getattr(cfg.data, split)
+    return split_cfg.ann_file, split_cfg.img_dir
+
+
+def build_dataset(cfg: Config, split: Literal["train", "val"], transforms: bool = True) -> CocoDetection:
+    """The dataset of ``split`` with its transforms (train: the Co-DETR augmentation, val: eval resize).
+
+    ``transforms=False`` gives untransformed images (uint8 converted to float in [0, 1]).
+    Checks ``cfg.model.num_classes`` against the file's categories: None takes the file's,
+    a different number raises a ConfigError.
+    """
+    ann_file, img_dir = split_files(cfg, split)
+    coco = load_coco_annotations(ann_file)
+    num_in_file = len(coco.dataset["categories"])
+    if cfg.model.num_classes is not None and cfg.model.num_classes != num_in_file:
+        raise ConfigError(f"model.num_classes: the config pins {cfg.model.num_classes} but {ann_file} has "
+                          f"{num_in_file} categories; set model.num_classes={num_in_file} or null")
+    if not transforms:
+        tfm = None
+    elif split == "train":
+        tfm = build_train_transforms(cfg.data.augment)
+    else:
+        tfm = build_eval_transforms(cfg.data.augment)
+    return CocoDetection(ann_file, img_dir, transforms=tfm, on_bad_image=cfg.data.on_bad_image, coco=coco)
+
+
+def build_loader(dataset: CocoDetection, *, batch_size: int, num_workers: int, train: bool,
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+    """A DataLoader yielding ``(list of images, list of targets)``.
+
+    With ``num_replicas > 1`` a DistributedSampler shards the set (it pads the last shard with
+    repeated images: the evaluator dedupes by image id). Call ``loader.sampler.set_epoch(e)``
+    each epoch when training distributed. Training drops the last incomplete batch.
+    """
+    if num_replicas > 1:
+        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed)
+    elif train:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_fn, drop_last=train and len(dataset) >= batch_size * num_replicas,
+                      persistent_workers=num_workers > 0, pin_memory=False)

@@ -1,0 +1,84 @@
+"""Training and evaluation transforms (torchvision.transforms.v2, boxes as ``tv_tensors.BoundingBoxes``).
+
+A transform takes and returns ``(image, target)`` with ``image`` a ``tv_tensors.Image``
+(``[3, H, W]`` uint8 or float) and ``target["boxes"]`` a ``tv_tensors.BoundingBoxes`` in
+XYXY pixels, ``target["labels"]`` ``[N]`` int64. v2 moves the boxes with the pixels.
+
+Training (the official Co-DETR recipe; every size from :class:`AugmentConfig`):
+
+    horizontal flip (flip_prob), then one of
+      (a) multi-scale resize: shorter side from ``scales``, longer side <= ``max_size``
+      (b) resize shorter side to one of ``crop_resize_scales`` (longer <= ``crop_resize_max_size``),
+          random absolute crop with height and width in ``crop_size``, then (a)
+    (b) is chosen with probability ``crop_prob``; then uint8 -> float32 in [0, 1].
+
+Evaluation: shorter side ``eval_scale``, longer side <= ``eval_max_size``, float32 in [0, 1].
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from codetr.config.data_schema import AugmentConfig
+
+
+class RandomAbsoluteCrop(v2.Transform):
+    """Crop a random window whose height and width are each drawn from ``[min_size, max_size]``.
+
+    Like mmdetection's ``RandomCrop(crop_type="absolute_range")``: a side shorter than
+    ``min_size`` is kept whole, the window's position is uniform, crops without any box are
+    allowed. Boxes are clipped to the window (they may become empty: follow with
+    :class:`torchvision.transforms.v2.SanitizeBoundingBoxes`).
+    """
+
+    def __init__(self, min_size: int, max_size: int):
+        super().__init__()
+        if not 1 <= min_size <= max_size:
+            raise ValueError(f"need 1 <= min_size <= max_size, got {min_size}, {max_size}")
+        self.min_size = min_size
+        self.max_size = max_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        crop_h = int(torch.randint(min(height, self.min_size), min(height, self.max_size) + 1, ()))
+        crop_w = int(torch.randint(min(width, self.min_size), min(width, self.max_size) + 1, ()))
+        top = int(torch.randint(0, height - crop_h + 1, ()))
+        left = int(torch.randint(0, width - crop_w + 1, ()))
+        return dict(top=top, left=left, height=crop_h, width=crop_w)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+def build_train_transforms(aug: AugmentConfig) -> v2.Compose:
+    """The training pipeline described in the module docstring."""
+    multi_scale = v2.RandomShortestSize(min_size=list(aug.scales), max_size=aug.max_size)
+    resize_crop_resize = v2.Compose([
+        v2.RandomShortestSize(min_size=list(aug.crop_resize_scales), max_size=aug.crop_resize_max_size),
+        RandomAbsoluteCrop(aug.crop_size[0], aug.crop_size[1]),
+        # boxes cut off by the crop have zero width or height: drop them with their labels
+        v2.SanitizeBoundingBoxes(min_size=1.0),
+        v2.RandomShortestSize(min_size=list(aug.scales), max_size=aug.max_size),
+    ])
+    if aug.crop_prob <= 0.0:
+        policy: v2.Transform = multi_scale
+    elif aug.crop_prob >= 1.0:
+        policy = resize_crop_resize
+    else:
+        policy = v2.RandomChoice([multi_scale, resize_crop_resize], p=[1.0 - aug.crop_prob, aug.crop_prob])
+    return v2.Compose([
+        v2.RandomHorizontalFlip(p=aug.flip_prob),
+        policy,
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+def build_eval_transforms(aug: AugmentConfig) -> v2.Compose:
+    """Single-scale resize (shorter side ``eval_scale``, longer <= ``eval_max_size``), float32 in [0, 1]."""
+    return v2.Compose([
+        v2.RandomShortestSize(min_size=[aug.eval_scale], max_size=aug.eval_max_size),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
