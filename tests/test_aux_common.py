@@ -132,6 +132,9 @@ def test_max_iou_later_gt_wins_low_quality_and_valid_mask():
 def test_max_iou_no_gt():
     boxes = torch.tensor([_box(0, 0, 10, 10)], dtype=torch.float)
     assert max_iou_assign(boxes, torch.zeros(0, 4), pos_iou_thr=0.5, neg_iou_thr=0.4).tolist() == [0]
+    boxes = boxes.repeat(2, 1)
+    got = max_iou_assign(boxes, torch.zeros(0, 4), pos_iou_thr=0.5, neg_iou_thr=0.4, valid=torch.tensor([True, False]))
+    assert got.tolist() == [0, -1]
 
 
 # ----------------------------------------------------------------------------- ATSS

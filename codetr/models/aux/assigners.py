@@ -44,7 +44,8 @@ def max_iou_assign(
     """
     num_boxes, num_gts = boxes_xyxy.shape[0], gt_boxes_xyxy.shape[0]
     if num_gts == 0 or num_boxes == 0:
-        return torch.zeros(num_boxes, dtype=torch.long, device=boxes_xyxy.device)
+        gt_inds = torch.zeros(num_boxes, dtype=torch.long, device=boxes_xyxy.device)
+        return gt_inds if valid is None else gt_inds.masked_fill(~valid, IGNORE)
     overlaps = box_iou(gt_boxes_xyxy, boxes_xyxy)                                  # [G, N]
     if valid is not None:
         overlaps = overlaps.masked_fill(~valid[None, :], -1.0)

@@ -1,0 +1,30 @@
+"""Auxiliary one-to-many heads of Co-DETR: Faster R-CNN (RPN + RoI head), ATSS, FCOS, RetinaNet.
+
+Each head is an :class:`AuxHead`: ``forward_train(feats, targets, image_sizes)`` returns
+``(losses, positives)`` with unweighted, normalised losses (keys without the head prefix)
+and the :class:`Positives` for the customized positive queries.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from codetr.models.aux.atss_head import ATSSHead
+from codetr.models.aux.base import AuxHead
+from codetr.models.aux.faster_rcnn import FasterRCNNHead
+from codetr.models.aux.positives import Positives, gather_positives, pad_positives
+
+if TYPE_CHECKING:
+    from codetr.config.schema import ModelConfig
+
+__all__ = ["AuxHead", "ATSSHead", "FasterRCNNHead", "Positives",
+           "build_aux_head", "gather_positives", "pad_positives"]
+
+
+def build_aux_head(name: str, model_cfg: "ModelConfig", num_classes: int) -> AuxHead:
+    """The auxiliary head ``name`` (one of ``AUX_HEAD_TYPES``) on ``model_cfg.embed_dims`` channels."""
+    dims, cap, aux = model_cfg.embed_dims, model_cfg.max_pos_queries, model_cfg.aux
+    if name == "atss":
+        return ATSSHead(dims, num_classes, aux.atss, max_pos=cap)
+    if name == "faster_rcnn":
+        return FasterRCNNHead(dims, num_classes, aux.faster_rcnn, max_pos=cap)
+    raise ValueError(f"unknown auxiliary head {name!r}; choose from faster_rcnn, atss, fcos, retinanet")

@@ -1,0 +1,65 @@
+"""The ``faster_rcnn`` auxiliary head: RPN on the 5 levels, RoI head on the 4 finest.
+
+Positives handed to the query head: the positive sampled proposals of the RoI head
+(ground truth added as proposals included), with their assigned labels, gt boxes and
+RoI features averaged over the 7x7 bins, as the official release does.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from codetr.config.aux_schema import FasterRCNNConfig
+from codetr.models.aux.base import PYRAMID_STRIDES, AuxHead, targets_to_device
+from codetr.models.aux.positives import Positives, gather_positives
+from codetr.models.aux.roi_head import RoIHead
+from codetr.models.aux.rpn import RPNHead
+
+
+class FasterRCNNHead(AuxHead):
+    """RPN + RoI head. Loss keys: rpn.loss_cls, rpn.loss_bbox, roi.loss_cls, roi.loss_bbox."""
+
+    def __init__(self, in_channels: int, num_classes: int, cfg: FasterRCNNConfig | None = None, *,
+                 max_pos: int = 300, strides: Sequence[int] = PYRAMID_STRIDES) -> None:
+        super().__init__()
+        cfg = cfg or FasterRCNNConfig()
+        self.cfg = cfg
+        self.max_pos = max_pos
+        self.strides = list(strides)
+        self.rpn = RPNHead(in_channels, cfg, strides=self.strides)
+        self.roi_head = RoIHead(in_channels, num_classes, cfg, strides=self.strides[:4])
+        self.loss_weights = {"rpn.loss_cls": cfg.rpn_cls_weight, "rpn.loss_bbox": cfg.rpn_bbox_weight,
+                             "roi.loss_cls": cfg.roi_cls_weight, "roi.loss_bbox": cfg.roi_bbox_weight}
+
+    def forward_train(self, feats: list[Tensor], targets: list[dict],
+                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Positives]:
+        feats = list(feats)[:len(self.strides)]
+        device = feats[0].device
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        gt_boxes, gt_labels = targets_to_device(targets, device)
+
+        # stage 1: RPN losses and proposals
+        rpn_out = self.rpn(feats)
+        gen = self.rpn.anchor_generator
+        level_anchors = gen.grid_anchors(sizes, device=device)
+        anchors_xyxy = torch.cat(level_anchors)                                    # [N, 4]
+        valid = torch.cat(gen.valid_flags(sizes, image_sizes, device), dim=1)      # [B, N]
+        pos, neg, rpn_targets = self.rpn.assign(anchors_xyxy, valid, gt_boxes)
+        rpn_losses = self.rpn.loss(rpn_out, anchors_xyxy, pos, neg, rpn_targets)
+        proposals = self.rpn.proposals(rpn_out, level_anchors, image_sizes)
+
+        # stage 2: sampled proposals through the RoI head
+        rois, slot_valid, labels, roi_targets, roi_pos = self.roi_head.sample(proposals, gt_boxes, gt_labels)
+        roi_feats = self.roi_head.roi_features(feats[:4], rois)                   # [B*S, C, 7, 7]
+        cls_logits, deltas = self.roi_head(roi_feats)
+        roi_losses = self.roi_head.loss(cls_logits, deltas, rois, slot_valid, labels, roi_targets, roi_pos)
+
+        losses = {f"rpn.{k}": v for k, v in rpn_losses.items()}
+        losses.update({f"roi.{k}": v for k, v in roi_losses.items()})
+        b, s = rois.shape[:2]
+        pooled = roi_feats.mean(dim=(-2, -1)).reshape(b, s, -1)                   # [B, S, C]
+        positives = gather_positives(roi_pos & slot_valid, rois, labels, roi_targets, image_sizes, self.max_pos,
+                                     feats=pooled)
+        return losses, positives
