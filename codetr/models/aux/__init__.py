@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING
 from codetr.models.aux.atss_head import ATSSHead
 from codetr.models.aux.base import AuxHead
 from codetr.models.aux.faster_rcnn import FasterRCNNHead
+from codetr.models.aux.fcos_head import FCOSHead
 from codetr.models.aux.positives import Positives, gather_positives, pad_positives
+from codetr.models.aux.retinanet_head import RetinaNetHead
 
 if TYPE_CHECKING:
     from codetr.config.schema import ModelConfig
 
-__all__ = ["AuxHead", "ATSSHead", "FasterRCNNHead", "Positives",
+__all__ = ["AuxHead", "ATSSHead", "FasterRCNNHead", "FCOSHead", "RetinaNetHead", "Positives",
            "build_aux_head", "gather_positives", "pad_positives"]
 
 
@@ -27,4 +29,8 @@ def build_aux_head(name: str, model_cfg: "ModelConfig", num_classes: int) -> Aux
         return ATSSHead(dims, num_classes, aux.atss, max_pos=cap)
     if name == "faster_rcnn":
         return FasterRCNNHead(dims, num_classes, aux.faster_rcnn, max_pos=cap)
+    if name == "fcos":
+        return FCOSHead(dims, num_classes, aux.fcos, max_pos=cap)
+    if name == "retinanet":
+        return RetinaNetHead(dims, num_classes, aux.retinanet, max_pos=cap)
     raise ValueError(f"unknown auxiliary head {name!r}; choose from faster_rcnn, atss, fcos, retinanet")

@@ -63,12 +63,14 @@ def gather_positives(
     image_sizes: Sequence[tuple[int, int]],
     max_pos: int,
     feats: Tensor | None = None,
+    anchors_per_location: int = 1,
 ) -> Positives:
     """Dense candidates -> :class:`Positives`.
 
     pos_mask: [B, N] bool; boxes_xyxy: [B, N, 4] or [N, 4] (shared anchors), input pixels;
-    labels: [B, N] int64; targets_xyxy: [B, N, 4] input pixels; feats: optional [B, N, C];
-    image_sizes: per image unpadded (h, w).
+    labels: [B, N] int64; targets_xyxy: [B, N, 4] input pixels; image_sizes: per image unpadded (h, w);
+    feats: optional [B, N / anchors_per_location, C], one vector per location (candidate n uses
+    location n // anchors_per_location).
     """
     b, n = pos_mask.shape
     idx, valid = _select(pos_mask, max_pos)
@@ -81,7 +83,8 @@ def gather_positives(
     lab = labels.gather(1, idx)
     out_feats = None
     if feats is not None:
-        out_feats = feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1]))
+        loc = idx // anchors_per_location
+        out_feats = feats.gather(1, loc[..., None].expand(-1, -1, feats.shape[-1]))
     # padding slots: a harmless box, label 0
     zero_box = boxes.new_tensor([0.5, 0.5, 1.0, 1.0])
     vm = valid[..., None]
