@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import encode_jpeg, write_file
 
 from codetr.config.data_schema import SyntheticConfig
+from codetr.data.image_io import write_jpeg
 from codetr.data.synthetic_shapes import ASPECT_RANGE, background, object_colour, shape_coverage
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def generate_split(cfg: SyntheticConfig, split: str, out_dir: Path) -> dict:
         pixels, objects = draw_image(cfg, split, index)
         file_name = f"{index:06d}.jpg"
         chw = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))   # [H, W, 3] -> [3, H, W]
-        write_file(str(out_dir / split / file_name), encode_jpeg(chw, quality=_JPEG_QUALITY))
+        write_jpeg(out_dir / split / file_name, chw, quality=_JPEG_QUALITY)
         image_id = index + 1
         images.append({"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]})
         for obj in objects:

@@ -53,15 +53,40 @@ class RandomAbsoluteCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
+class RandomShorterSideResize(v2.Transform):
+    """Resize keeping the aspect ratio: shorter side a random choice of ``scales``, longer side <= ``max_size``.
+
+    Like ``v2.RandomShortestSize`` but the new sizes are rounded, not truncated, so the shorter
+    side is exactly the chosen scale (mmdetection's ``Resize(keep_ratio=True)`` rounds too).
+    """
+
+    def __init__(self, scales: list[int], max_size: int | None = None, antialias: bool = True):
+        super().__init__()
+        self.scales = list(scales)
+        self.max_size = max_size
+        self.antialias = antialias
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        scale = self.scales[int(torch.randint(len(self.scales), ()))]
+        ratio = scale / min(height, width)
+        if self.max_size is not None:
+            ratio = min(ratio, self.max_size / max(height, width))
+        return dict(size=[max(1, int(height * ratio + 0.5)), max(1, int(width * ratio + 0.5))])
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, size=params["size"], antialias=self.antialias)
+
+
 def build_train_transforms(aug: AugmentConfig) -> v2.Compose:
     """The training pipeline described in the module docstring."""
-    multi_scale = v2.RandomShortestSize(min_size=list(aug.scales), max_size=aug.max_size)
+    multi_scale = RandomShorterSideResize(aug.scales, aug.max_size)
     resize_crop_resize = v2.Compose([
-        v2.RandomShortestSize(min_size=list(aug.crop_resize_scales), max_size=aug.crop_resize_max_size),
+        RandomShorterSideResize(aug.crop_resize_scales, aug.crop_resize_max_size),
         RandomAbsoluteCrop(aug.crop_size[0], aug.crop_size[1]),
         # boxes cut off by the crop have zero width or height: drop them with their labels
         v2.SanitizeBoundingBoxes(min_size=1.0),
-        v2.RandomShortestSize(min_size=list(aug.scales), max_size=aug.max_size),
+        RandomShorterSideResize(aug.scales, aug.max_size),
     ])
     if aug.crop_prob <= 0.0:
         policy: v2.Transform = multi_scale
@@ -79,6 +104,6 @@ def build_train_transforms(aug: AugmentConfig) -> v2.Compose:
 def build_eval_transforms(aug: AugmentConfig) -> v2.Compose:
     """Single-scale resize (shorter side ``eval_scale``, longer <= ``eval_max_size``), float32 in [0, 1]."""
     return v2.Compose([
-        v2.RandomShortestSize(min_size=[aug.eval_scale], max_size=aug.eval_max_size),
+        RandomShorterSideResize([aug.eval_scale], aug.eval_max_size),
         v2.ToDtype(torch.float32, scale=True),
     ])

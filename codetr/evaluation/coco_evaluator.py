@@ -78,21 +78,29 @@ def evaluate_coco_results(coco_gt: COCO, results: list[dict], image_ids: Sequenc
 class CocoEvaluator:
     """Accumulates detections per image, gathers them across ranks, runs COCOeval.
 
-    Args:
-        coco: the ground truth (pycocotools COCO of the evaluated split; crowd boxes included).
-        label_to_cat_id: contiguous label -> dataset category id (list or dict).
+    Build it from the evaluated dataset, ``CocoEvaluator(val_set)`` (a
+    :class:`codetr.data.CocoDetection`: its ``coco`` and ``label_to_cat_id`` are used), or from
+    ``CocoEvaluator(coco, label_to_cat_id)``: the pycocotools ground truth of the split (crowd
+    boxes included) and the contiguous label -> category id map (list or dict).
     """
 
-    def __init__(self, coco: COCO, label_to_cat_id: Sequence[int] | Mapping[int, int]):
-        self.coco = coco
+    def __init__(self, dataset_or_coco, label_to_cat_id: Sequence[int] | Mapping[int, int] | None = None):
+        if isinstance(dataset_or_coco, COCO):
+            if label_to_cat_id is None:
+                raise ValueError("CocoEvaluator(coco, label_to_cat_id): label_to_cat_id is required with a COCO object")
+            self.coco = dataset_or_coco
+        else:
+            self.coco = dataset_or_coco.coco
+            if label_to_cat_id is None:
+                label_to_cat_id = dataset_or_coco.label_to_cat_id
         self.label_to_cat_id = label_to_cat_id
         self.summary_text = ""
         self.reset()
 
     @classmethod
     def from_dataset(cls, dataset) -> CocoEvaluator:
-        """From a :class:`codetr.data.CocoDetection` (uses its ``coco`` and ``label_to_cat_id``)."""
-        return cls(dataset.coco, dataset.label_to_cat_id)
+        """Same as ``CocoEvaluator(dataset)``."""
+        return cls(dataset)
 
     def reset(self) -> None:
         """Forget all detections (e.g. before the next evaluation round)."""
@@ -135,7 +143,11 @@ class CocoEvaluator:
                 for entry in arrays_to_coco_results(image_id, arrays)]
 
     def summarize(self) -> dict[str, float]:
-        """Synchronize, then COCOeval on rank 0. Call on every rank; ranks other than 0 get ``{}``."""
+        """COCOeval on rank 0; ranks other than 0 get ``{}``.
+
+        Synchronizes first if :meth:`synchronize` was not called: then every rank must call
+        ``summarize`` (a collective); after ``synchronize()`` rank 0 may call it alone.
+        """
         self.synchronize()
         rank, _ = distributed_rank_and_size()
         if rank != 0:
