@@ -42,8 +42,9 @@ def test_category_mapping_crowd_empty_and_degenerate(coco_files, caplog):
     _, t = items[17]                        # clipped to the 96x72 image, zero-width box dropped
     assert t["boxes"].tolist() == [[70, 50, 96, 72], [10, 40, 35, 60]]
     assert t["labels"].tolist() == [1, 2]
-    # COCOeval still sees the crowd box
+    # COCOeval still sees the crowd box, and the same clipped boxes (the degenerate one is gone)
     assert any(a["iscrowd"] for a in ds.coco.dataset["annotations"])
+    assert ds.coco.anns[104]["bbox"] == [70, 50, 26, 22] and 105 not in ds.coco.anns
 
     images, targets = collate_fn([ds[0], ds[1]])
     assert isinstance(images, list) and len(images) == 2 and len(targets) == 2

@@ -110,6 +110,31 @@ def validate_coco_dict(data: Any, path: str = "<annotations>") -> dict:
     return data
 
 
+def clip_boxes_to_images(data: dict) -> int:
+    """Clip every annotation's bbox to its image and remove the degenerate ones, in place.
+
+    Degenerate: zero width or height after clipping (such a box can never be matched, so it is
+    neither a training target nor evaluation ground truth). ``area`` is capped at the clipped
+    box's area. Expects a dict checked by :func:`validate_coco_dict`. Returns how many were removed.
+    """
+    sizes = {img["id"]: (img["width"], img["height"]) for img in data["images"]}
+    kept = []
+    for ann in data["annotations"]:
+        width, height = sizes[ann["image_id"]]
+        x, y, w, h = ann["bbox"]
+        x1, y1 = min(max(x, 0), width), min(max(y, 0), height)
+        x2, y2 = min(max(x + w, 0), width), min(max(y + h, 0), height)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+            ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+            ann["area"] = min(ann["area"], float((x2 - x1) * (y2 - y1)))
+        kept.append(ann)
+    dropped = len(data["annotations"]) - len(kept)
+    data["annotations"] = kept
+    return dropped
+
+
 def coco_from_dict(data: dict) -> COCO:
     """A pycocotools COCO object over an already-checked dict (no re-reading, no index printout)."""
     coco = COCO()

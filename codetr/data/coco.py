@@ -4,7 +4,9 @@ Category ids in the file may be non-contiguous (COCO's 1..90 with gaps); the dat
 them, in increasing id order, to contiguous labels ``0..num_classes-1``
 (``label_to_cat_id[label]`` maps back). Crowd boxes are not training targets (COCOeval still
 sees them through ``dataset.coco``). Images without annotations are kept. Boxes are clipped
-to the image and degenerate ones (zero width or height after clipping) dropped and counted.
+to the image and degenerate ones (zero width or height after clipping) dropped and counted;
+this is done on ``dataset.coco`` itself, so that evaluation scores against the same boxes a
+model can predict (a box outside the image could never be matched exactly).
 
 Bad images: files referenced by the annotations but absent on disk are all reported in one
 message at construction; an image that fails to decode later names its file. With
@@ -28,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from codetr.data.annotations import load_coco_annotations
+from codetr.data.annotations import clip_boxes_to_images, coco_from_dict, load_coco_annotations
 from codetr.data.image_io import BadImageError, read_image_rgb
 
 logger = logging.getLogger(__name__)
@@ -66,7 +68,13 @@ class CocoDetection(Dataset):
         self.img_dir = Path(img_dir)
         self.transforms = transforms
         self.on_bad_image = on_bad_image
-        self.coco = coco if coco is not None else load_coco_annotations(ann_file)
+        coco = coco if coco is not None else load_coco_annotations(ann_file)
+        # clip boxes / drop degenerate ones in the ground truth itself (in place, idempotent)
+        self.num_degenerate_boxes = clip_boxes_to_images(coco.dataset)
+        self.coco = coco_from_dict(coco.dataset) if self.num_degenerate_boxes else coco
+        if self.num_degenerate_boxes:
+            logger.info("%s: dropped %d degenerate box(es) (zero width or height after clipping to the image)",
+                        self.ann_file, self.num_degenerate_boxes)
 
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
         self.label_to_cat_id: list[int] = [c["id"] for c in cats]
@@ -87,35 +95,25 @@ class CocoDetection(Dataset):
         if not self.image_ids:
             raise ValueError(f"{self.ann_file}: no usable image in {self.img_dir}")
 
-        self._boxes_xyxy: list[np.ndarray] = []   # per indexed image: [N, 4] float32, clipped, non-degenerate
+        self._boxes_xyxy: list[np.ndarray] = []   # per indexed image: [N, 4] float32 xyxy pixels
         self._labels: list[np.ndarray] = []       # per indexed image: [N] int64 contiguous labels
-        self.num_degenerate_boxes = 0
         for img_id in self.image_ids:
-            boxes_xyxy, labels, dropped = self._index_targets(img_id)
+            boxes_xyxy, labels = self._index_targets(img_id)
             self._boxes_xyxy.append(boxes_xyxy)
             self._labels.append(labels)
-            self.num_degenerate_boxes += dropped
-        if self.num_degenerate_boxes:
-            logger.info("%s: dropped %d degenerate box(es) (zero width or height after clipping to the image)",
-                        self.ann_file, self.num_degenerate_boxes)
         # one byte per indexed image, set when it fails to decode; shared memory so that
         # data-loader worker processes (forked or spawned) report back to the main process
         self._bad_flags = multiprocessing.RawArray(ctypes.c_uint8, len(self.image_ids))
 
-    def _index_targets(self, img_id: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Non-crowd boxes of one image: ([N, 4] float32 xyxy clipped, [N] int64 labels, dropped count)."""
-        info = self.coco.imgs[img_id]
-        width, height = info["width"], info["height"]
+    def _index_targets(self, img_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Non-crowd boxes of one image: ([N, 4] float32 xyxy pixels, [N] int64 labels)."""
         anns = [a for a in self.coco.imgToAnns.get(img_id, []) if not a["iscrowd"]]
         if not anns:
-            return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), 0
+            return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
         boxes_xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         boxes_xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], axis=1)
-        boxes_xyxy[:, 0::2] = boxes_xyxy[:, 0::2].clip(0, width)
-        boxes_xyxy[:, 1::2] = boxes_xyxy[:, 1::2].clip(0, height)
-        keep = (boxes_xyxy[:, 2] > boxes_xyxy[:, 0]) & (boxes_xyxy[:, 3] > boxes_xyxy[:, 1])
         labels = np.array([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)
-        return boxes_xyxy[keep].astype(np.float32), labels[keep], int((~keep).sum())
+        return boxes_xyxy.astype(np.float32), labels
 
     # ------------------------------------------------------------------ bad-image bookkeeping
 
