@@ -59,3 +59,19 @@ def test_atss_assignment_hand_case():
     assert (labels[0][~pos[0]] == NUM_CLASSES).all()
     # the positives are among the 9 nearest anchors of some level
     assert 1 <= pos.sum() <= 9 * 5
+
+
+def test_atss_batched_equals_per_image():
+    torch.manual_seed(0)
+    head = ATSSHead(C, NUM_CLASSES)
+    one = [f[:1].detach() for f in pyramid()]
+    two = [torch.cat([f, f]) for f in one]
+    target = targets_with_empty_image()[:1]
+    size = IMAGE_SIZES[:1]
+    with torch.no_grad():
+        l1, p1 = head.forward_train(one, target, size)
+        l2, p2 = head.forward_train(two, target * 2, size * 2)
+    for k in l1:
+        torch.testing.assert_close(l1[k], l2[k])
+    assert p2.mask.sum(1).tolist() == [p1.mask.sum().item()] * 2
+

@@ -301,3 +301,13 @@ def test_positive_normaliser_clamps():
     assert positive_normaliser(torch.tensor(0)).item() == 1.0
     assert positive_normaliser(torch.tensor(7)).item() == 7.0
     assert math.isclose(positive_normaliser(torch.tensor(2.5)).item(), 2.5)
+
+
+def test_positive_normaliser_is_averaged_over_workers(tmp_path):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        assert positive_normaliser(torch.tensor(0.0)).item() == 1.0
+        assert positive_normaliser(torch.tensor(5.0)).item() == 5.0
+    finally:
+        dist.destroy_process_group()

@@ -78,3 +78,15 @@ def test_roi_sampling_and_level_mapping():
     assert pos.sum() == 2                             # the gt itself and the good proposal
     assert labels[pos].tolist() == [3, 3] and (labels[~pos] == NUM_CLASSES).all()
     torch.testing.assert_close(targets[pos], gt.expand(2, 4))
+
+
+def test_roi_head_survives_no_proposals():
+    from codetr.models.aux.roi_head import RoIHead
+    head = RoIHead(C, NUM_CLASSES, FasterRCNNConfig(fc_dims=16))
+    feats = [f.detach().requires_grad_() for f in pyramid()[:4]]
+    rois, valid, labels, tgt, pos = head.sample([torch.zeros(0, 4)] * 2, [torch.zeros(0, 4)] * 2,
+                                                [torch.zeros(0, dtype=torch.long)] * 2)
+    roi_feats = head.roi_features(feats, rois)
+    losses = head.loss(*head(roi_feats), rois, valid, labels, tgt, pos)
+    assert all(torch.isfinite(v) and v == 0 for v in losses.values())
+    sum(losses.values()).backward()

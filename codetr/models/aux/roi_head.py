@@ -111,6 +111,9 @@ class RoIHead(nn.Module):
             pooled.append(roi_align(feats[level], level_rois, output_size=self.cfg.roi_output_size,
                                     spatial_scale=1.0 / self.strides[level],
                                     sampling_ratio=self.cfg.roi_sampling_ratio, aligned=True))
+        if not pooled:      # no RoI at all: an empty, still connected, result
+            size = self.cfg.roi_output_size
+            return feats[0].new_zeros(0, feats[0].shape[1], size, size) + 0.0 * feats[0].sum()
         pooled_t = torch.cat(pooled)                                               # [B*S, C, s, s] in level order
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
