@@ -1,7 +1,6 @@
 """Shared pieces of the auxiliary heads: anchors, box coder, assigners, sampler, positives."""
 import math
 
-import pytest
 import torch
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator as TVAnchorGenerator
@@ -209,7 +208,8 @@ def test_fcos_center_sampling_and_regress_ranges():
     # level 1 (radius 24): (50,20) max dist 50 < 64 -> out of range; (90,20) outside centre box (26..74)
     assert got.tolist() == [1, 1, 0, 0, 0]
     got = fcos_assign(points, [3, 2], strides, ranges, gt, center_sampling=False)
-    # no centre sampling: (4,4) is inside with max distance 96 > 64 -> neg at level 0; (90,20) at level 1: 90 >= 64 -> pos
+    # no centre sampling: (4,4) is inside with max distance 96 > 64 -> neg at level 0;
+    # (90,20) at level 1: max distance 90 >= 64 -> pos
     assert got.tolist() == [1, 1, 0, 0, 1]
 
 
@@ -291,7 +291,8 @@ def test_gather_positives_empty_and_lists():
     pos = gather_positives(torch.zeros(2, 5, dtype=torch.bool), torch.zeros(5, 4), torch.zeros(2, 5).long(),
                            torch.zeros(2, 5, 4), [(10, 10)] * 2, max_pos=300)
     assert pos.boxes_cxcywh_norm.shape == (2, 0, 4) and pos.mask.shape == (2, 0)
-    pos = pad_positives([torch.tensor([[0.0, 0, 10, 10]]), torch.zeros(0, 4)], [torch.tensor([4]), torch.zeros(0).long()],
+    pos = pad_positives([torch.tensor([[0.0, 0, 10, 10]]), torch.zeros(0, 4)],
+                        [torch.tensor([4]), torch.zeros(0).long()],
                         [torch.tensor([[0.0, 0, 20, 20]]), torch.zeros(0, 4)], [(20, 20), (20, 20)], max_pos=300)
     assert pos.mask.tolist() == [[True], [False]] and pos.labels[0, 0] == 4
     torch.testing.assert_close(pos.boxes_cxcywh_norm[0, 0], torch.tensor([0.25, 0.25, 0.5, 0.5]))

@@ -30,7 +30,9 @@ def centerness_target(points_xy: Tensor, boxes_xyxy: Tensor) -> Tensor:
     rb = boxes_xyxy[..., 2:] - points_xy
     lr = torch.stack([lt[..., 0], rb[..., 0]], dim=-1)
     tb = torch.stack([lt[..., 1], rb[..., 1]], dim=-1)
-    ratio = (lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6)) * (tb.min(-1).values / tb.max(-1).values.clamp(min=1e-6))
+    ratio_lr = lr.min(-1).values / lr.max(-1).values.clamp(min=1e-6)
+    ratio_tb = tb.min(-1).values / tb.max(-1).values.clamp(min=1e-6)
+    ratio = ratio_lr * ratio_tb
     return ratio.clamp(min=0).sqrt()
 
 
