@@ -1,0 +1,101 @@
+"""COCO metrics of a checkpoint on the validation set, printed and optionally logged to MLflow.
+
+    python -m platform.evaluate --checkpoint runs/NAME/checkpoint_.../ [--config X.yaml] [key=value ...]
+                                [--mlflow] [--run-id ID] [--json metrics.json]
+
+The config defaults to the one stored in the checkpoint (overrides apply on top, e.g.
+``data.val.ann_file=...``). Runs in this process on the CPU (or ``--device cuda``), without Ray.
+``--mlflow`` logs the metrics as a new run of the config's experiment; ``--run-id`` logs them
+into an existing run instead (step = the checkpoint's iteration).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m platform.evaluate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or checkpoint.pt")
+    parser.add_argument("--config", default=None, help="experiment YAML (default: the checkpoint's config)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
+    parser.add_argument("--mlflow", action="store_true", help="log the metrics as a new MLflow run")
+    parser.add_argument("--run-id", default=None, help="log the metrics into this existing MLflow run")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON")
+    return parser.parse_args(argv)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def evaluate_checkpoint(checkpoint: str, config: str | None = None, overrides: list[str] | None = None,
+                        device: str = "cpu", batch_size: int | None = None) -> tuple[dict[str, float], dict]:
+    """``(coco metrics, checkpoint dict)`` of ``checkpoint`` on the config's validation set."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from codetr.data import build_dataset, collate_fn
+    from codetr.engine import evaluate
+    from codetr.evaluation import CocoEvaluator
+    from platform.runtime import model_from_checkpoint
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model, cfg, state = model_from_checkpoint(checkpoint, config, overrides)
+    model = model.for_inference().to(device)
+    val_ds = build_dataset(cfg, "val")
+    loader = DataLoader(val_ds, batch_size=batch_size or cfg.data.batch_size, shuffle=False,
+                        num_workers=cfg.data.num_workers, collate_fn=collate_fn)
+    metrics, _ = evaluate(model, loader, CocoEvaluator(val_ds), torch.device(device), amp=cfg.train.amp)
+    return metrics, state
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from codetr.config import ConfigError
+
+    start = time.time()
+    try:
+        metrics, state = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.device,
+                                             args.batch_size)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    iteration = int(state.get("iteration", 0))
+    print(f"Checkpoint {args.checkpoint} (epoch {state.get('epoch')}, iteration {iteration}), "
+          f"evaluated in {time.time() - start:.0f} s:")
+    for key, value in metrics.items():
+        print(f"  {key:<16} {value:.4f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": args.checkpoint, "iteration": iteration, "metrics": metrics}, f, indent=1)
+    if args.mlflow or args.run_id:
+        from platform import tracking
+
+        uri = tracking.resolve_tracking_uri()
+        run_id = args.run_id
+        if run_id is None:
+            experiment = state["config"]["platform"]["experiment_name"]
+            run_name = f"eval-{state['config']['platform'].get('run_name') or 'checkpoint'}-it{iteration}"
+            run_id, _ = tracking.start_run(uri, experiment, run_name, {"platform.checkpoint": str(args.checkpoint),
+                                                                       "platform.source_run_id":
+                                                                       str(state.get("mlflow_run_id"))},
+                                           resume=False)
+        tracking.RunLogger(uri, run_id).log_metrics(metrics, step=iteration)
+        if args.run_id is None:
+            tracking.end_run(uri, run_id, "FINISHED")
+        print(f"Logged to MLflow run {run_id} ({uri})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

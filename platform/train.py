@@ -1,0 +1,173 @@
+"""One training run on Ray Train with MLflow tracking.
+
+    python -m platform.train [--config experiments/X.yaml] [--resume PATH] [key=value ...]
+
+Default: the tiny Co-DETR on the embedded synthetic dataset (generated on first use), a local
+Ray cluster, MLflow's default store ``sqlite:///mlflow.db`` in the working directory. With
+``RAY_ADDRESS`` set it joins that cluster instead (so it also works as a ``ray job submit``
+entrypoint); with ``MLFLOW_TRACKING_URI`` set it logs there.
+
+Resuming: run again with the same ``platform.run_name=NAME`` to continue from that run's
+latest checkpoint (same Ray storage folder, same MLflow run), or pass ``--resume PATH`` (a
+checkpoint folder or ``checkpoint.pt``) to start a new run from a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KILLED = 0, 1, 2, 130
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from platform.runtime import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m platform.train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    add_config_arguments(parser)
+    parser.add_argument("--resume", metavar="PATH", help="start from this checkpoint (folder or checkpoint.pt)")
+    return parser.parse_args(argv)
+
+
+def derived_params(cfg, *, world_size: int, num_classes: int | None, train_images: int | None) -> dict:
+    """Values worth comparing across runs that the config does not spell out."""
+    heads = ["query", *cfg.model.aux_heads]
+    out = {
+        "derived.K": len(cfg.model.aux_heads),
+        "derived.heads": ",".join(heads),
+        "derived.lambda1": cfg.model.lambda1,
+        "derived.lambda2": cfg.model.lambda2,
+        "derived.num_queries": cfg.model.num_queries,
+        "derived.world_size": world_size,
+        "derived.global_batch_size": world_size * cfg.data.batch_size,
+        "derived.num_classes": num_classes,
+    }
+    if train_images:
+        per_worker = train_images // world_size
+        out["derived.iters_per_epoch"] = per_worker // cfg.data.batch_size
+    return out
+
+
+def _prepare_data(cfg):
+    """Build the training set once on the driver: generates the synthetic set (before workers race
+    for it) and gives num_classes. Returns ``(num_classes, train_images)``; (None, None) when the
+    data is not readable here (e.g. it lives only on the worker nodes)."""
+    from codetr.data import build_dataset
+
+    try:
+        ds = build_dataset(cfg, "train")
+        build_dataset(cfg, "val")
+    except (FileNotFoundError, OSError) as e:
+        print(f"[platform] note: the dataset is not readable on the driver ({e}); the workers will load it",
+              flush=True)
+        return cfg.model.num_classes, None
+    return ds.num_classes, len(ds)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, elapsed: float,
+                  checkpoint_path: str | None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from platform.tracking import ui_command
+
+    metrics = {}
+    experiment_id = None
+    try:
+        run = MlflowClient(tracking_uri).get_run(run_id)
+        metrics, experiment_id = run.data.metrics, run.info.experiment_id
+    except Exception as e:   # the summary must not hide the training result
+        print(f"[platform] could not read the MLflow run back: {e}")
+    coco = {k: v for k, v in sorted(metrics.items()) if k.startswith("coco/")}
+    print("\n" + "=" * 72)
+    print(f"Run {run_name}: {status} in {elapsed / 60:.1f} min")
+    if coco:
+        print("Final COCO metrics: " + "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items()))
+    if "train/loss" in metrics:
+        print(f"Final train/loss: {metrics['train/loss']:.4f}")
+    if checkpoint_path:
+        print(f"Latest checkpoint: {checkpoint_path}")
+    print(f"MLflow run id: {run_id}  (experiment {experiment_id}, tracking URI {tracking_uri})")
+    print(f"Open the UI:   {ui_command(tracking_uri)}")
+    if experiment_id is not None and not tracking_uri.startswith("http"):
+        print(f"  then browse http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+    print("=" * 72, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import yaml
+
+    from codetr.config import ConfigError, flatten, to_dict
+    from platform import tracking
+    from platform.runtime import build_trainer, check_run_name, default_run_name, init_ray, load_run_config
+    from platform.worker import make_loop_config
+
+    try:
+        cfg = load_run_config(args.config, args.overrides)
+        resume_same_name = cfg.platform.run_name is not None
+        cfg.platform.run_name = check_run_name(cfg.platform.run_name or default_run_name(cfg))
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    resume_from = str(Path(args.resume).resolve()) if args.resume else None
+    if resume_from and not Path(resume_from).exists():
+        print(f"--resume: no checkpoint at {resume_from}", file=sys.stderr)
+        return EXIT_USAGE
+
+    run_name = cfg.platform.run_name
+    start = time.time()
+    print(f"[platform] run {run_name}: config {args.config}, {cfg.platform.num_workers} worker(s), "
+          f"{'GPU' if cfg.platform.use_gpu else 'CPU'}, storage {cfg.platform.storage_path}", flush=True)
+    num_classes, train_images = _prepare_data(cfg)
+
+    tracking_uri = tracking.resolve_tracking_uri()
+    tags = {"platform.config_file": str(args.config), "platform.command": " ".join(sys.argv)}
+    if resume_from:
+        tags["platform.resumed_from"] = resume_from
+    run_id, resumed = tracking.start_run(tracking_uri, cfg.platform.experiment_name, run_name, tags,
+                                         resume=resume_same_name)
+    cfg_dict = to_dict(cfg)
+    params = flatten(cfg_dict)
+    params.update(derived_params(cfg, world_size=cfg.platform.num_workers, num_classes=num_classes,
+                                 train_images=train_images))
+    tracking.log_params(tracking_uri, run_id, params)
+    tracking.RunLogger(tracking_uri, run_id).log_text(yaml.safe_dump(cfg_dict, sort_keys=False), "config.yaml")
+    print(f"[platform] MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {tracking_uri}", flush=True)
+
+    status, code, checkpoint_path = "FAILED", EXIT_FAILED, None
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    import ray
+
+    try:
+        print(f"[platform] {init_ray(cfg)}", flush=True)
+        loop_config = make_loop_config(cfg_dict, tracking_uri=tracking_uri, mlflow_run_id=run_id,
+                                       resume_from=resume_from)
+        result = build_trainer(cfg, loop_config, run_name).fit()
+        checkpoint_path = result.checkpoint.path if result.checkpoint else None
+        status, code = "FINISHED", EXIT_OK
+    except KeyboardInterrupt:
+        status, code = "KILLED", EXIT_KILLED
+        print("\n[platform] interrupted: stopping the workers, the MLflow run ends KILLED", flush=True)
+    except Exception as e:   # Ray's TrainingFailedError and anything in the driver
+        print(f"[platform] training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    finally:
+        try:
+            tracking.end_run(tracking_uri, run_id, status)
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+            if ray.is_initialized():
+                ray.shutdown()
+    print_summary(status, run_name, tracking_uri, run_id, time.time() - start, checkpoint_path)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The per-worker training function of Ray Train (also what the sweep's Tune trials run).
+
+    TorchTrainer(train_loop_per_worker, train_loop_config=make_loop_config(cfg, ...), ...)
+
+Every worker builds the datasets and the model, wraps them with
+``ray.train.torch.prepare_data_loader`` / ``prepare_model`` (DistributedSampler, DDP), restores
+a checkpoint (``ray.train.get_checkpoint()`` of this run first, else an explicit
+``resume_from`` path) and hands the rest to :class:`codetr.engine.TrainLoop`. The loop reports
+back through hooks: every ``train.log_every`` iterations rank 0 logs the train/* metrics to
+MLflow and prints a progress line; after every epoch all ranks call ``ray.train.report``
+(with a checkpoint folder from rank 0 when one was written), and rank 0 logs coco/* metrics,
+the best / last checkpoints, the loss-curve plot and drawn validation images.
+
+MLflow: the run is created by the driver and logged into by id (``mlflow_run_id``); with no
+id the worker's rank 0 creates the run itself and ends it (FINISHED, FAILED or KILLED).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROGRESS_PREFIX = "[train]"
+
+
+def make_loop_config(cfg_dict: dict, *, tracking_uri: str, mlflow_run_id: str | None = None,
+                     experiment_name: str | None = None, resume_from: str | None = None) -> dict:
+    """The ``train_loop_config`` of :func:`train_loop_per_worker` (plain, picklable values).
+
+    ``cfg_dict`` is ``to_dict(cfg)`` with paths already absolute (workers run elsewhere).
+    """
+    return {"config": cfg_dict, "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
+            "experiment_name": experiment_name, "resume_from": resume_from}
+
+
+def _format_eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+def progress_line(run_name: str, record) -> str:
+    """``[train] run  epoch 3/12  iter 120/744 (16%)  loss 4.3210  12.5 img/s  lr 4.0e-04  ETA 0:08:10``."""
+    m = record.metrics
+    pct = 100.0 * record.iteration / max(record.total_iters, 1)
+    return (f"{PROGRESS_PREFIX} {run_name}  epoch {record.epoch + 1}/{record.num_epochs}  "
+            f"iter {record.iteration}/{record.total_iters} ({pct:.0f}%)  loss {m.get('train/loss', float('nan')):.4f}  "
+            f"{m.get('train/images_per_s', 0.0):.1f} img/s  lr {m.get('train/lr', 0.0):.1e}  "
+            f"ETA {_format_eta(record.eta_s)}")
+
+
+def _build_loaders(cfg, train_ds, val_ds, collate_fn):
+    from ray.train.torch import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    workers = cfg.data.num_workers
+    train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
+                              num_workers=workers, collate_fn=collate_fn)
+    val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False, drop_last=False,
+                            num_workers=workers, collate_fn=collate_fn)
+    # DistributedSampler per worker; batches are moved to the device by the loop
+    train_loader = prepare_data_loader(train_loader, move_to_device=False)
+    val_loader = prepare_data_loader(val_loader, move_to_device=False)
+    return train_loader, val_loader
+
+
+def _load_start_checkpoint(resume_from: str | None) -> tuple[dict | None, str | None]:
+    """The checkpoint to start from: this run's latest (Ray), else ``resume_from``, else none."""
+    import ray.train
+
+    from codetr.engine import load_checkpoint
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            return load_checkpoint(folder), f"ray:{checkpoint.path}"
+    if resume_from:
+        return load_checkpoint(resume_from), resume_from
+    return None, None
+
+
+class _Reporter:
+    """The loop hooks of the platform: MLflow (rank 0), progress lines (rank 0), ray.train.report (all)."""
+
+    def __init__(self, cfg, logger, rank: int, category_names: list[str], run_name: str):
+        self.cfg, self.logger, self.rank = cfg, logger, rank
+        self.category_names = category_names
+        self.run_name = run_name
+        self.scratch = Path(tempfile.mkdtemp(prefix="codetr_artifacts_"))
+
+    def on_log(self, record) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(record.metrics, step=record.iteration)
+        print(progress_line(self.run_name, record), flush=True)
+
+    def on_epoch_end(self, report) -> None:
+        import ray.train
+        from ray.train import Checkpoint
+
+        if self.rank == 0:
+            coco = {k: v for k, v in report.metrics.items() if k.startswith("coco/")}
+            if report.evaluated and coco:
+                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items()
+                                 if k in ("coco/AP", "coco/AP50", "coco/AP75"))
+                print(f"{PROGRESS_PREFIX} {self.run_name}  eval after epoch {report.epoch} "
+                      f"(iter {report.iteration}): {line}", flush=True)
+            if self.logger is not None:
+                self._log_epoch(report, coco)
+        metrics = {"epoch": report.epoch, "iteration": report.iteration, "finished": report.finished}
+        metrics.update({k: v for k, v in report.metrics.items() if k.startswith("coco/") or k == "train/loss"})
+        checkpoint = Checkpoint.from_directory(str(report.checkpoint_dir)) if report.checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def _log_epoch(self, report, coco: dict[str, float]) -> None:
+        from codetr.engine import CHECKPOINT_FILE
+
+        step = report.iteration
+        if report.evaluated and coco:
+            self.logger.log_metrics(coco, step=step)
+        self.logger.log_metrics({"train/epochs_done": report.epoch}, step=step)
+        if report.checkpoint_dir is not None and self.cfg.platform.log_checkpoints:
+            file = report.checkpoint_dir / CHECKPOINT_FILE
+            if report.is_best:
+                self.logger.log_file_as(file, "checkpoints", "best.pt")
+            if report.finished:
+                self.logger.log_file_as(file, "checkpoints", "last.pt")
+        if report.evaluated or report.finished:
+            self._log_plot()
+        if report.samples:
+            self._log_samples(report.samples)
+
+    def _log_plot(self) -> None:
+        import matplotlib.pyplot as plt
+
+        from platform.visualize import plot_loss_curves
+
+        keys = [k for k in self.logger.metric_keys()
+                if k == "train/loss" or k.endswith("/total") or k in ("coco/AP", "coco/AP50", "coco/AP75")]
+        fig = plot_loss_curves(self.logger.metric_history(keys), title=self.run_name)
+        try:
+            self.logger.log_figure(fig, "plots/loss_curves.png")
+        finally:
+            plt.close(fig)
+
+    def _log_samples(self, samples) -> None:
+        from platform.visualize import draw_detections, save_png
+
+        folder = self.scratch / "val_images"
+        for i, sample in enumerate(samples):
+            pred, tgt = sample.prediction, sample.target
+            drawn = draw_detections(sample.image, pred["boxes"], pred["labels"], pred.get("scores"),
+                                    self.category_names, true_boxes_xyxy=tgt.get("boxes"),
+                                    true_labels=tgt.get("labels"))
+            image_id = tgt.get("image_id", i)
+            image_id = int(image_id) if not isinstance(image_id, torch.Tensor) else int(image_id.item())
+            save_png(drawn, folder / f"val_{i:02d}_image{image_id}.png")
+        self.logger.log_artifact(folder, "val_images")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker entry point; ``config`` comes from :func:`make_loop_config`."""
+    import ray.train
+    import ray.train.torch
+
+    from codetr import build_model
+    from codetr.config import config_from_dict
+    from codetr.data import build_dataset, collate_fn
+    from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optimizer, restore_rng_state,
+                               seed_everything)
+    from platform import tracking
+
+    cfg = config_from_dict(config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg.platform.cpus_per_worker)
+    seed_everything(cfg.train.seed + rank)
+    run_name = cfg.platform.run_name or context.get_experiment_name()
+
+    # rank 0 owns the MLflow logging; it creates the run only when the caller did not
+    logger, owns_run = None, False
+    tracking_uri, run_id = config["tracking_uri"], config.get("mlflow_run_id")
+    if rank == 0:
+        if run_id is None:
+            run_id, _ = tracking.start_run(tracking_uri, config.get("experiment_name") or cfg.platform.experiment_name,
+                                           run_name)
+            owns_run = True
+        logger = tracking.RunLogger(tracking_uri, run_id)
+
+    status = "FAILED"
+    try:
+        train_ds = build_dataset(cfg, "train")
+        val_ds = build_dataset(cfg, "val")
+        train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn)
+        iters_per_epoch = len(train_loader)
+        if iters_per_epoch == 0:
+            raise ValueError(f"the training set ({len(train_ds)} images) gives no full batch of "
+                             f"{cfg.data.batch_size} per worker with {world_size} workers")
+
+        model = build_model(cfg, num_classes=train_ds.num_classes)
+        state, source = _load_start_checkpoint(config.get("resume_from"))
+        if state is not None:
+            model.load_state_dict(state["model"])
+        model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": cfg.platform.find_unused_parameters})
+        device = ray.train.torch.get_device()
+        optimizer = build_optimizer(model, cfg.train)
+        scheduler = build_lr_scheduler(optimizer, cfg.train, iters_per_epoch)
+        start_epoch = start_iteration = 0
+        best_value = None
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            start_epoch, start_iteration = state["epoch"], state["iteration"]
+            best_value = (state.get("best") or {}).get("value")
+            rng_states = state.get("rng_states") or []
+            if len(rng_states) == world_size:
+                restore_rng_state(rng_states[rank])
+            else:   # a different world size: fresh, distinct streams per rank
+                seed_everything(cfg.train.seed + rank + 1000 * start_iteration)
+            if rank == 0:
+                print(f"{PROGRESS_PREFIX} {run_name}  resumed from {source} at epoch {start_epoch}, "
+                      f"iteration {start_iteration}", flush=True)
+                if logger is not None:
+                    logger.client.set_tag(run_id, "platform.resumed_from", source)
+
+        from codetr.evaluation import CocoEvaluator
+
+        reporter = _Reporter(cfg, logger, rank, list(train_ds.category_names), run_name)
+        loop = TrainLoop(
+            model, optimizer, scheduler, train_loader, cfg, device=device, iters_per_epoch=iters_per_epoch,
+            val_loader=val_loader, make_evaluator=lambda: CocoEvaluator(val_ds),
+            hooks=LoopHooks(on_log=reporter.on_log, on_epoch_end=reporter.on_epoch_end),
+            checkpoint_extra={"num_classes": train_ds.num_classes,
+                              "category_names": list(train_ds.category_names),
+                              "mlflow_run_id": run_id, "world_size": world_size},
+            start_epoch=start_epoch, start_iteration=start_iteration, best_value=best_value,
+            num_samples=cfg.platform.num_val_images)
+        if rank == 0:
+            print(f"{PROGRESS_PREFIX} {run_name}  {world_size} worker(s) on {device}, {len(train_ds)} train / "
+                  f"{len(val_ds)} val images, {iters_per_epoch} iterations per epoch, "
+                  f"{loop.total_iters} in all", flush=True)
+        loop.run()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if owns_run and logger is not None:
+            tracking.end_run(tracking_uri, run_id, status)
