@@ -59,7 +59,7 @@ def _settings(cfg: SyntheticConfig) -> dict:
 def dataset_dir(cfg: SyntheticConfig) -> Path:
     """The cache folder of these settings: ``<root>/shapes-<12 hex digits>``."""
     digest = hashlib.sha1(json.dumps(_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.root) / f"shapes-{digest}"
+    return Path(cfg.root).expanduser() / f"shapes-{digest}"
 
 
 def _split_paths(folder: Path) -> dict[str, tuple[str, str]]:
@@ -188,10 +188,11 @@ def ensure_synthetic_dataset(cfg: SyntheticConfig) -> dict[str, tuple[str, str]]
     folder = dataset_dir(cfg)
     if (folder / "meta.json").is_file():
         return _split_paths(folder)
-    with _file_lock(Path(cfg.root) / ".generate.lock"):
+    root = Path(cfg.root).expanduser()
+    with _file_lock(root / ".generate.lock"):
         if (folder / "meta.json").is_file():     # another process finished while we waited
             return _split_paths(folder)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-shapes-", dir=cfg.root))
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-shapes-", dir=root))
         try:
             start = time.perf_counter()
             (tmp / "annotations").mkdir()
