@@ -95,6 +95,7 @@ class ModelConfig:
                         f"unknown auxiliary head {name!r}; choose from {sorted(AUX_HEAD_TYPES)}")
         check_range(self.lambda1 >= 0, f"{p}.lambda1", f"must be >= 0, got {self.lambda1}")
         check_range(self.lambda2 >= 0, f"{p}.lambda2", f"must be >= 0, got {self.lambda2}")
+        self.aux.validate(f"{p}.aux")
 
 
 @dataclass

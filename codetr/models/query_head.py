@@ -123,8 +123,9 @@ class QueryHead(nn.Module):
         self.cls_branches = nn.ModuleList(copy.deepcopy(cls_branch) for _ in range(cfg.num_decoder_layers))
         self.reg_branches = nn.ModuleList(copy.deepcopy(reg_branch) for _ in range(cfg.num_decoder_layers))
         # the encoder memory's stride-64 map downsampled once more: the stride-128 level of the aux pyramid
+        # (training only, so built only when there are auxiliary heads to feed)
         self.downsample = nn.Sequential(nn.Conv2d(d, d, kernel_size=3, stride=2, padding=1),
-                                        nn.GroupNorm(min(32, d), d))
+                                        nn.GroupNorm(min(32, d), d)) if num_aux_heads > 0 else None
         # customized positive queries: one box -> (position, content) encoder per auxiliary head
         self.aux_pos_trans = nn.ModuleList(nn.Linear(2 * d, 2 * d) for _ in range(num_aux_heads))
         self.aux_pos_trans_norm = nn.ModuleList(nn.LayerNorm(2 * d) for _ in range(num_aux_heads))
@@ -147,7 +148,8 @@ class QueryHead(nn.Module):
         nn.init.xavier_uniform_(self.enc_output.weight)
 
     def drop_aux_branch(self) -> None:
-        """Remove the positive-query encoders (inference needs none of them)."""
+        """Remove the positive-query encoders and the pyramid's extra level (inference needs none of them)."""
+        self.downsample = None
         self.aux_pos_trans = nn.ModuleList()
         self.aux_pos_trans_norm = nn.ModuleList()
         if self.with_coord_feat:
@@ -188,6 +190,8 @@ class QueryHead(nn.Module):
                                      self.cls_branches, self.reg_branches)
         if not self.training:
             return QueryHeadOutput(logits, boxes, None, None, None, None)
+        if self.downsample is None:  # no auxiliary heads
+            return QueryHeadOutput(logits, boxes, enc_logits, enc_boxes_unact.sigmoid(), None, ctx)
         # the encoder memory back into maps, plus one stride-128 map: the auxiliary heads' pyramid
         pyramid = []
         start = 0
