@@ -101,8 +101,7 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
         return f"joined the Ray cluster at {address}"
     # A local cluster: enough logical CPUs for the requested workers even on a small machine
     need = cfg.platform.num_workers * cfg.platform.cpus_per_worker
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True,
-             include_dashboard=False)
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True)
     return f"started a local Ray cluster ({max(os.cpu_count() or 1, need)} CPUs)"
 
 

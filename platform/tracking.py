@@ -134,6 +134,10 @@ class RunLogger:
                 shutil.copyfile(path, link)
             self.client.log_artifact(self.run_id, str(link), artifact_path)
 
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        """Upload the files of ``folder`` under ``artifact_path``."""
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 

@@ -85,7 +85,8 @@ def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, el
         metrics, experiment_id = run.data.metrics, run.info.experiment_id
     except Exception as e:   # the summary must not hide the training result
         print(f"[platform] could not read the MLflow run back: {e}")
-    coco = {k: v for k, v in sorted(metrics.items()) if k.startswith("coco/")}
+    coco = {k: metrics[k] for k in ("coco/AP", "coco/AP50", "coco/AP75", "coco/APs", "coco/APm", "coco/APl")
+            if k in metrics}
     print("\n" + "=" * 72)
     print(f"Run {run_name}: {status} in {elapsed / 60:.1f} min")
     if coco:

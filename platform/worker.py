@@ -17,10 +17,8 @@ id the worker's rank 0 creates the run itself and ends it (FINISHED, FAILED or K
 from __future__ import annotations
 
 import datetime
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +35,12 @@ def make_loop_config(cfg_dict: dict, *, tracking_uri: str, mlflow_run_id: str | 
     """
     return {"config": cfg_dict, "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
             "experiment_name": experiment_name, "resume_from": resume_from}
+
+
+def say(line: str) -> None:
+    """Print a progress line once (Ray Train's print patch would also echo ``print`` via logging)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _format_eta(seconds: float) -> str:
@@ -95,7 +99,7 @@ class _Reporter:
     def on_log(self, record) -> None:
         if self.logger is not None:
             self.logger.log_metrics(record.metrics, step=record.iteration)
-        print(progress_line(self.run_name, record), flush=True)
+        say(progress_line(self.run_name, record))
 
     def on_epoch_end(self, report) -> None:
         import ray.train
@@ -106,8 +110,8 @@ class _Reporter:
             if report.evaluated and coco:
                 line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items()
                                  if k in ("coco/AP", "coco/AP50", "coco/AP75"))
-                print(f"{PROGRESS_PREFIX} {self.run_name}  eval after epoch {report.epoch} "
-                      f"(iter {report.iteration}): {line}", flush=True)
+                say(f"{PROGRESS_PREFIX} {self.run_name}  eval after epoch {report.epoch} "
+                    f"(iter {report.iteration}): {line}")
             if self.logger is not None:
                 self._log_epoch(report, coco)
         metrics = {"epoch": report.epoch, "iteration": report.iteration, "finished": report.finished}
@@ -158,7 +162,7 @@ class _Reporter:
             image_id = tgt.get("image_id", i)
             image_id = int(image_id) if not isinstance(image_id, torch.Tensor) else int(image_id.item())
             save_png(drawn, folder / f"val_{i:02d}_image{image_id}.png")
-        self.logger.log_artifact(folder, "val_images")
+        self.logger.log_artifacts(folder, "val_images")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -171,6 +175,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from codetr.data import build_dataset, collate_fn
     from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optimizer, restore_rng_state,
                                seed_everything)
+    from codetr.engine.dist import all_gather_objects
     from platform import tracking
 
     cfg = config_from_dict(config["config"])
@@ -222,12 +227,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:   # a different world size: fresh, distinct streams per rank
                 seed_everything(cfg.train.seed + rank + 1000 * start_iteration)
             if rank == 0:
-                print(f"{PROGRESS_PREFIX} {run_name}  resumed from {source} at epoch {start_epoch}, "
-                      f"iteration {start_iteration}", flush=True)
+                say(f"{PROGRESS_PREFIX} {run_name}  resumed from {source} at epoch {start_epoch}, "
+                    f"iteration {start_iteration}")
                 if logger is not None:
                     logger.client.set_tag(run_id, "platform.resumed_from", source)
 
         from codetr.evaluation import CocoEvaluator
+
+        # where the workers run (a multi-node check people can see in MLflow)
+        num_nodes = len(set(all_gather_objects(ray.get_runtime_context().get_node_id())))
+        if logger is not None:
+            tracking.log_params(tracking_uri, run_id, {"derived.num_nodes": num_nodes})
 
         reporter = _Reporter(cfg, logger, rank, list(train_ds.category_names), run_name)
         loop = TrainLoop(
@@ -240,9 +250,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start_epoch=start_epoch, start_iteration=start_iteration, best_value=best_value,
             num_samples=cfg.platform.num_val_images)
         if rank == 0:
-            print(f"{PROGRESS_PREFIX} {run_name}  {world_size} worker(s) on {device}, {len(train_ds)} train / "
-                  f"{len(val_ds)} val images, {iters_per_epoch} iterations per epoch, "
-                  f"{loop.total_iters} in all", flush=True)
+            say(f"{PROGRESS_PREFIX} {run_name}  {world_size} worker(s) on {num_nodes} node(s), {device}, "
+                f"{len(train_ds)} train / {len(val_ds)} val images, {iters_per_epoch} iterations per epoch, "
+                f"{loop.total_iters} in all")
         loop.run()
         status = "FINISHED"
     except KeyboardInterrupt:
