@@ -5,7 +5,8 @@
         data.augment.scales=[128,160,192] data.augment.max_size=256         # key=value overrides
 
 Times ``--batches`` batches after ``--warmup`` batches (which absorb worker start-up and the
-first file reads), so the figure is the steady-state rate of decode + augmentation + collate.
+first file reads), so the figure is the steady-state rate of decode + augmentation + collate
++ transfer from the worker processes; ``--repeats`` runs give the median and the best.
 The synthetic set is generated first if needed (its generation time is printed).
 Run from the repository root.
 """
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size of the config")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = parser.parse_args()
@@ -67,12 +69,12 @@ def main() -> None:
     print(f"dataset: {cfg.data.dataset}, {len(dataset)} train images (ready in {prepared:.1f} s); "
           f"scales {aug.scales[0]}..{aug.scales[-1]}, max {aug.max_size}, crop_prob {aug.crop_prob}; "
           f"batch {batch_size}; torch threads 1")
-    print("| loader workers | images / s |")
-    print("|---:|---:|")
+    print(f"| loader workers | images / s (median of {args.repeats}) | best |")
+    print("|---:|---:|---:|")
     for num_workers in args.workers:
-        rate = measure(dataset, batch_size=batch_size, num_workers=num_workers, batches=args.batches,
-                       warmup=args.warmup)
-        print(f"| {num_workers} | {rate:.1f} |", flush=True)
+        rates = sorted(measure(dataset, batch_size=batch_size, num_workers=num_workers, batches=args.batches,
+                               warmup=args.warmup) for _ in range(args.repeats))
+        print(f"| {num_workers} | {rates[len(rates) // 2]:.1f} | {rates[-1]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -149,3 +149,15 @@ def test_dataset_pickles_for_spawned_workers(coco_files):
     assert len(clone) == len(ds) and clone.num_skipped_images == 0
     assert torch.equal(clone[0][0], ds[0][0])
     json.dumps(copy.deepcopy(ds.coco.dataset))   # still plain JSON
+
+
+def test_build_loader_shards_and_batches(coco_files):
+    from codetr.data import build_loader
+    ds = CocoDetection(*coco_files)
+    shards = []
+    for rank in range(2):
+        loader = build_loader(ds, batch_size=2, num_workers=0, train=False, num_replicas=2, rank=rank)
+        shards.append([t["image_id"] for _, targets in loader for t in targets])
+    assert sorted(shards[0] + shards[1]) == sorted(IMAGE_IDS)
+    train_loader = build_loader(ds, batch_size=3, num_workers=0, train=True, seed=1)
+    assert [len(images) for images, _ in train_loader] == [3]      # the incomplete batch is dropped
