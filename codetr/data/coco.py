@@ -29,6 +29,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.ops import box_convert
 
 from codetr.data.annotations import clip_boxes_to_images, coco_from_dict, load_coco_annotations
 from codetr.data.image_io import BadImageError, read_image_rgb
@@ -110,10 +111,10 @@ class CocoDetection(Dataset):
         anns = [a for a in self.coco.imgToAnns.get(img_id, []) if not a["iscrowd"]]
         if not anns:
             return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
-        boxes_xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        boxes_xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], axis=1)
+        boxes_xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)
+        boxes_xyxy = box_convert(boxes_xywh, "xywh", "xyxy").to(torch.float32).numpy()
         labels = np.array([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)
-        return boxes_xyxy.astype(np.float32), labels
+        return boxes_xyxy, labels
 
     # ------------------------------------------------------------------ bad-image bookkeeping
 
