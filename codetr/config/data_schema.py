@@ -18,7 +18,7 @@ class SplitConfig:
 
 @dataclass
 class SyntheticConfig:
-    root: str = "data/synthetic"       # cache folder (generated on first use, one sub-folder per settings hash; ~ expanded)
+    root: str = "data/synthetic"       # cache folder, generated on first use (a sub-folder per settings hash)
     num_train: int = 1000              # training images
     num_val: int = 200                 # validation images
     image_size: int = 256              # longer image side in pixels (the shorter one is 75-100% of it)
