@@ -39,10 +39,10 @@ from codetr.data.synthetic_shapes import ASPECT_RANGE, background, object_colour
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1        # bump when the drawing changes, so caches are regenerated
+GENERATOR_VERSION = 2        # bump when the drawing changes, so caches are regenerated
 _SPLIT_CODES = {"train": 0, "val": 1}
 _JPEG_QUALITY = 92
-_MIN_VISIBLE_PIXELS = 16
+_MIN_VISIBLE_PIXELS = 36       # smaller visible remnants (slivers at the border) are not annotated
 
 
 def category_id(label: int) -> int:
@@ -101,7 +101,7 @@ def draw_image(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray
             half_long = _object_size(cfg, long_side, rng) / 2
             aspect = rng.uniform(*ASPECT_RANGE[shape])
             angle = rng.uniform(0, 2 * np.pi)
-            margin = 0.5 * half_long    # centres may sit near the border: a few truncated objects
+            margin = 0.75 * half_long   # centres may sit near the border: a few truncated objects
             cx = rng.uniform(margin, width - margin)
             cy = rng.uniform(margin, height - margin)
             coverage, (top, left) = shape_coverage(shape, height, width, cx, cy, half_long, aspect, angle, rng)
@@ -112,7 +112,7 @@ def draw_image(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray
                 continue
             # pixels each earlier object would lose under the new one
             lost = np.bincount(owner[top:top + h, left:left + w][mask] + 1, minlength=len(labels) + 1)[1:]
-            if any(vis - lost[j] < (1 - cfg.max_occlusion) * full
+            if any(vis - lost[j] < max((1 - cfg.max_occlusion) * full, _MIN_VISIBLE_PIXELS)
                    for j, (vis, full) in enumerate(zip(visible_counts, full_counts))):
                 continue            # would hide too much of an earlier object
             break
