@@ -72,6 +72,33 @@ def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def fit_interruptibly(trainer):
+    """``trainer.fit()`` in a helper thread, so that Ctrl-C / SIGTERM reach this (main) thread.
+
+    Ray Train installs its own SIGINT handler when ``fit`` runs in the main thread; it aborts the
+    run but leaves no trace of *why* the run ended. Here a KeyboardInterrupt propagates to the
+    caller, which records the MLflow run as KILLED and shuts Ray down (the controller and the
+    workers belong to this driver and stop with it).
+    """
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:   # re-raised in the main thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, elapsed: float,
                   checkpoint_path: str | None) -> None:
     from mlflow.tracking import MlflowClient
@@ -151,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[platform] {init_ray(cfg)}", flush=True)
         loop_config = make_loop_config(cfg_dict, tracking_uri=tracking_uri, mlflow_run_id=run_id,
                                        resume_from=resume_from)
-        result = build_trainer(cfg, loop_config, run_name).fit()
+        result = fit_interruptibly(build_trainer(cfg, loop_config, run_name))
         checkpoint_path = result.checkpoint.path if result.checkpoint else None
         status, code = "FINISHED", EXIT_OK
     except KeyboardInterrupt:
