@@ -99,3 +99,14 @@ def test_drawings_and_plot():
     fig = plot_loss_curves({"train/loss": [(1, 3.0), (2, 2.0)], "train/atss/total": [(1, 1.0), (2, 0.5)],
                             "coco/AP": [(2, 0.1)]})
     assert len(fig.axes) == 2
+
+
+def test_readme_starts_with_the_two_commands_and_lists_every_config_key():
+    from platform.config_reference import rows
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    train_at = readme.index("python -m platform.train\n")
+    test_at = readme.index("python -m pytest -q\n")
+    assert train_at < test_at < readme.index("## What a run leaves behind")
+    missing = [key for key, _, _ in rows() if f"`{key}`" not in readme]
+    assert not missing, f"README config reference is stale (python -m platform.config_reference): {missing}"

@@ -8,16 +8,16 @@ from codetr.config.loader import check_range
 
 @dataclass
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 12                   # training length in epochs
     max_iters: int | None = None       # stop after this many iterations (overrides epochs when smaller)
     lr: float = 2e-4                   # AdamW lr of the base parameter group
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4         # AdamW weight decay (all groups)
     # parameters whose name contains one of these get lr x lr_mult_value (official: backbone, offsets, refs)
     lr_mult_keys: list[str] = field(default_factory=lambda: ["backbone", "sampling_offsets", "reference_points"])
-    lr_mult_value: float = 0.1
+    lr_mult_value: float = 0.1         # lr multiplier of the lr_mult_keys group (1.0: no separate group rate)
     clip_grad_norm: float = 0.1        # max total grad norm; 0 disables clipping
     lr_steps: list[int] = field(default_factory=lambda: [11])   # epochs at which lr *= lr_gamma
-    lr_gamma: float = 0.1
+    lr_gamma: float = 0.1              # lr factor at each of lr_steps
     warmup_iters: int = 0              # linear lr warm-up over this many iterations
     warmup_ratio: float = 0.001        # warm-up starts at lr x warmup_ratio
     amp: bool = True                   # bf16 autocast on GPU (ignored on CPU)
