@@ -80,7 +80,8 @@ def check_run_name(name: str) -> str:
 
 def runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Ray runtime env: the repository as working_dir (workers import ``platform`` and ``codetr`` from it)."""
-    env_vars = {"PYTHONUNBUFFERED": "1"}
+    # no Ray Train print patch: it echoes every print of a worker a second time through logging
+    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     env_vars.update(extra_env or {})
     return {"working_dir": str(REPO_ROOT), "excludes": UPLOAD_EXCLUDES, "env_vars": env_vars}
 

@@ -115,7 +115,9 @@ class _Reporter:
             if self.logger is not None:
                 self._log_epoch(report, coco)
         metrics = {"epoch": report.epoch, "iteration": report.iteration, "finished": report.finished}
-        metrics.update({k: v for k, v in report.metrics.items() if k.startswith("coco/") or k == "train/loss"})
+        # what Tune schedulers and Ray's result see: the headline metrics (not the per-class APs)
+        metrics.update({k: v for k, v in report.metrics.items()
+                        if (k.startswith("coco/") and k.count("/") == 1) or k == "train/loss"})
         checkpoint = Checkpoint.from_directory(str(report.checkpoint_dir)) if report.checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -125,6 +127,8 @@ class _Reporter:
         step = report.iteration
         if report.evaluated and coco:
             self.logger.log_metrics(coco, step=step)
+        if report.eval_summary:
+            self.logger.log_text(report.eval_summary, f"eval/coco_summary_iter{step:07d}.txt")
         self.logger.log_metrics({"train/epochs_done": report.epoch}, step=step)
         if report.checkpoint_dir is not None and self.cfg.platform.log_checkpoints:
             file = report.checkpoint_dir / CHECKPOINT_FILE

@@ -100,6 +100,7 @@ def test_train_leaves_a_complete_mlflow_run(trained):
     for path in ("config.yaml", "checkpoints/last.pt", "checkpoints/best.pt", "plots/loss_curves.png"):
         assert path in artifacts, artifacts
     assert len([a for a in artifacts if a.startswith("val_images/")]) == 2
+    assert "eval/coco_summary_iter0000004.txt" in artifacts
     # the summary a person reads at the end
     assert "Run e2e: FINISHED" in proc.stdout and f"MLflow run id: {run.info.run_id}" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:///" in proc.stdout and "Final COCO metrics: AP" in proc.stdout

@@ -67,6 +67,8 @@ class FakeEvaluator:
         pass
 
     def summarize(self):
+        print("COCOEVAL TABLE")
+        self.summary_text = "COCOEVAL TABLE"
         return {"coco/AP": 0.1 * self.images, "coco/AP50": 0.5}
 
 
@@ -155,6 +157,13 @@ def test_load_rejects_foreign_files(tmp_path):
         load_checkpoint(tmp_path / "x.pt")
 
 
+def test_autocast_only_on_cuda():
+    from codetr.engine.loop import autocast_context
+
+    with autocast_context(torch.device("cpu"), enabled=True):
+        assert not torch.is_autocast_enabled("cpu")
+
+
 def test_train_step_learns_and_clips(cfg):
     torch.manual_seed(0)
     model = ToyDetector()
@@ -202,7 +211,7 @@ def _loop(cfg, tmp_path, reports, logs, **kw):
     return loop, model, optimizer, scheduler
 
 
-def test_train_loop_schedule_hooks_and_checkpoints(cfg, tmp_path):
+def test_train_loop_schedule_hooks_and_checkpoints(cfg, tmp_path, capsys):
     reports, logs, saved = [], [], []
 
     def keep(report):
@@ -217,6 +226,7 @@ def test_train_loop_schedule_hooks_and_checkpoints(cfg, tmp_path):
     assert [r.iteration for r in reports] == [3, 6, 9]
     assert [r.evaluated for r in reports] == [False, True, True]   # eval_every=2, and at the end
     assert reports[-1].finished and len(reports[-1].samples) == 1
+    assert reports[-1].eval_summary == "COCOEVAL TABLE" and "COCOEVAL" not in capsys.readouterr().out
     assert reports[1].is_best and not reports[2].is_best            # same fake AP both times
     assert [s["iteration"] for s in saved] == [3, 6, 9]
     assert saved[-1]["num_classes"] == 3 and saved[-1]["config"]["train"]["epochs"] == 3

@@ -1,6 +1,8 @@
 """Evaluation loop: detections of every validation image into a COCO evaluator, across ranks."""
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -30,7 +32,9 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
     Every rank feeds its shard of the validation set to ``evaluator.update(predictions, targets)``;
     ``evaluator.synchronize()`` gathers them over torch.distributed and ``evaluator.summarize()``
     returns ``{"coco/AP": ..., ...}`` on rank 0 (``{}`` on other ranks). ``samples`` are the first
-    ``num_samples`` images of rank 0. The model is put back in train mode afterwards.
+    ``num_samples`` images of rank 0. The model is put back in train mode afterwards. What the
+    evaluator prints (COCOeval's table) is kept out of the console; it stays on
+    ``evaluator.summary_text`` when the evaluator keeps it.
     """
     from codetr.engine.loop import autocast_context
 
@@ -53,7 +57,8 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
                         break
                     samples.append(EvalSample(img.float().cpu(), pred, tgt))
         evaluator.synchronize()
-        metrics = evaluator.summarize() if get_rank() == 0 else {}
+        with contextlib.redirect_stdout(io.StringIO()):
+            metrics = evaluator.summarize() if get_rank() == 0 else {}
     finally:
         net.train(was_training)
     return {k: float(v) for k, v in (metrics or {}).items()}, samples

@@ -144,6 +144,7 @@ class EpochReport:
     checkpoint_dir: Path | None = None      # rank 0: folder holding checkpoint.pt, when one was written
     is_best: bool = False                   # rank 0: this checkpoint has the best coco/AP so far
     samples: list[EvalSample] = field(default_factory=list)  # rank 0: a few validation predictions
+    eval_summary: str = ""                  # rank 0: the evaluator's text summary (COCOeval's table)
 
 
 @dataclass
@@ -201,6 +202,7 @@ class TrainLoop:
             self.total_iters = min(self.total_iters, self.tcfg.max_iters)
         self.num_epochs = math.ceil(self.total_iters / iters_per_epoch) if iters_per_epoch else 0
         self.last_metrics: dict[str, float] = {}
+        self.last_eval_summary = ""
 
     # ------------------------------------------------------------------ training
 
@@ -265,6 +267,7 @@ class TrainLoop:
         if evaluate_now and self.val_loader is not None and self.make_evaluator is not None:
             metrics, samples = self.evaluate(num_samples=self.num_samples if finished else 0)
             report.evaluated = True
+            report.eval_summary = self.last_eval_summary
             report.samples = samples
             self.last_metrics.update(metrics)
             value = metrics.get(BEST_METRIC)
@@ -283,8 +286,11 @@ class TrainLoop:
 
     def evaluate(self, num_samples: int = 0) -> tuple[dict[str, float], list[EvalSample]]:
         """COCO metrics of the current model on ``val_loader`` (rank 0; ``{}`` elsewhere)."""
-        return evaluate(self.model, self.val_loader, self.make_evaluator(), self.device,
-                        amp=self.tcfg.amp, num_samples=num_samples)
+        evaluator = self.make_evaluator()
+        out = evaluate(self.model, self.val_loader, evaluator, self.device, amp=self.tcfg.amp,
+                       num_samples=num_samples)
+        self.last_eval_summary = str(getattr(evaluator, "summary_text", "") or "")
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a checkpoint holds (call on every rank: RNG states are gathered)."""
