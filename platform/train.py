@@ -17,6 +17,7 @@ import argparse
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KILLED = 0, 1, 2, 130
@@ -162,19 +163,19 @@ def main(argv: list[str] | None = None) -> int:
         tags["platform.resumed_from"] = resume_from
     run_id, resumed = tracking.start_run(tracking_uri, cfg.platform.experiment_name, run_name, tags,
                                          resume=resume_same_name)
-    cfg_dict = to_dict(cfg)
-    params = flatten(cfg_dict)
-    params.update(derived_params(cfg, world_size=cfg.platform.num_workers, num_classes=num_classes,
-                                 train_images=train_images))
-    tracking.log_params(tracking_uri, run_id, params)
-    tracking.RunLogger(tracking_uri, run_id).log_text(yaml.safe_dump(cfg_dict, sort_keys=False), "config.yaml")
-    print(f"[platform] MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {tracking_uri}", flush=True)
-
+    # from here on the MLflow run exists: every way out ends it FINISHED, FAILED or KILLED
     status, code, checkpoint_path = "FAILED", EXIT_FAILED, None
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     import ray
 
     try:
+        cfg_dict = to_dict(cfg)
+        params = flatten(cfg_dict)
+        params.update(derived_params(cfg, world_size=cfg.platform.num_workers, num_classes=num_classes,
+                                     train_images=train_images))
+        tracking.log_params(tracking_uri, run_id, params)
+        tracking.RunLogger(tracking_uri, run_id).log_text(yaml.safe_dump(cfg_dict, sort_keys=False), "config.yaml")
+        print(f"[platform] MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {tracking_uri}", flush=True)
         print(f"[platform] {init_ray(cfg)}", flush=True)
         loop_config = make_loop_config(cfg_dict, tracking_uri=tracking_uri, mlflow_run_id=run_id,
                                        resume_from=resume_from)
@@ -184,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         status, code = "KILLED", EXIT_KILLED
         print("\n[platform] interrupted: stopping the workers, the MLflow run ends KILLED", flush=True)
-    except Exception as e:   # Ray's TrainingFailedError and anything in the driver
-        print(f"[platform] training failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    except Exception as e:   # Ray's TrainingFailedError (it carries the workers' tracebacks) and driver errors
+        traceback.print_exc()
+        print(f"[platform] training failed: {type(e).__name__}", file=sys.stderr, flush=True)
     finally:
         try:
             tracking.end_run(tracking_uri, run_id, status)

@@ -205,3 +205,14 @@ def test_two_node_cluster_trains_checkpoints_and_logs_one_run(tmp_path):
     assert "coco/AP" in runs[0].data.metrics
     assert "checkpoints/last.pt" in _artifacts(client, runs[0].info.run_id)
     assert [i for i, _ in _checkpoints(tmp_path, "two-nodes")] == [2]
+
+
+def test_a_failing_worker_ends_the_run_failed(tmp_path):
+    # 32 images, 2 workers, batches of 64: no full batch, the workers raise
+    proc = subprocess.run(_train_args(tmp_path, "broken", "data.batch_size=64"), cwd=REPO, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "gives no full batch" in proc.stdout + proc.stderr
+    assert "Run broken: FAILED" in proc.stdout
+    _, runs = _runs(tmp_path, "broken")
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
