@@ -165,8 +165,9 @@ def test_evaluate_and_predict_clis(trained, tmp_path):
 
 def test_ctrl_c_ends_the_mlflow_run_killed(tmp_path):
     args = _train_args(tmp_path, "interrupted", "train.max_iters=400")
+    # its own process group, like a command in a terminal: Ctrl-C signals the whole group
     proc = subprocess.Popen(args, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, start_new_session=True)
     lines = []
     deadline = time.time() + 480
     try:
@@ -175,7 +176,7 @@ def test_ctrl_c_ends_the_mlflow_run_killed(tmp_path):
             if "[train] interrupted  epoch" in line or time.time() > deadline:
                 break
         assert any("[train] interrupted  epoch" in line for line in lines), "".join(lines[-50:])
-        proc.send_signal(signal.SIGINT)   # what Ctrl-C sends
+        os.killpg(proc.pid, signal.SIGINT)   # what Ctrl-C sends
         rest, _ = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
