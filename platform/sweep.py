@@ -1,0 +1,377 @@
+"""A Ray Tune sweep of Co-DETR runs, compared in MLflow.
+
+    python -m platform.sweep experiments/sweep_tiny.yaml [--resume] [key=value ...]
+    ray job submit --working-dir . -- python -m platform.sweep experiments/sweep.yaml
+
+The sweep file (see :mod:`platform.sweep_spec`) names a base config, a search space over dotted
+config keys, the metric, a scheduler (ASHA or none) and per-trial resources; it is validated before
+Ray starts. Each Tune trial runs :func:`run_trial`, which builds the single-run TorchTrainer of
+``platform.train`` (Ray Train V2) for the trial's config with a ``TuneReportCallback``, so the
+workers' per-epoch reports (``epoch``, ``coco/*``, ``train/loss``) reach Tune and its scheduler.
+
+MLflow: one parent run per sweep (the sweep name), one child run per trial (tag
+``mlflow.parentRunId``) with the params, metrics and artifacts of a single run; at the end the
+parent gets the results table, plots and the best config (:mod:`platform.sweep_summary`).
+
+``--resume`` continues an interrupted sweep of the same name (``Tuner.restore``): finished trials
+are kept, unfinished ones continue from their latest checkpoint into the same child runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KILLED = 0, 1, 2, 130
+TRAIN_RUNS_DIR = "train_runs"     # under <storage>/<sweep name>/: the Ray Train folders of the trials
+TRIAL_ENV = {
+    # epochs without an evaluation report no coco/*: ASHA waits for the next one instead of Tune failing
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # a trial's workers may wait for a stopped trial's resources to be released (Train's default: 60 s)
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m platform.sweep", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("sweep_file", help="sweep YAML (e.g. experiments/sweep_tiny.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="sweep-file fields (num_samples=2, scheduler.type=none) or base config keys "
+                             "(train.max_iters=10)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
+    parser.add_argument("--dry-run", action="store_true", help="validate the sweep file and print the plan")
+    return parser.parse_intermixed_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ names
+
+
+def short_key(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _short_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def trial_label(values: dict[str, Any]) -> str:
+    """``K=2[atss+faster_rcnn] lambda1=0.5 lambda2=2 num_queries=50`` (MLflow run name, Tune trial name)."""
+    parts = []
+    for key, value in values.items():
+        if key.endswith("aux_heads") and isinstance(value, (list, tuple)):
+            parts.append(f"K={len(value)}[{'+'.join(value)}]")
+        elif isinstance(value, (list, tuple)):
+            parts.append(f"{short_key(key)}=[{','.join(_short_value(v) for v in value)}]")
+        else:
+            parts.append(f"{short_key(key)}={_short_value(value)}")
+    return " ".join(parts)
+
+
+def trial_dirname(trial_id: str, values: dict[str, Any]) -> str:
+    """A folder / Ray Train run name: ``<trial id>_K2-atss.faster_rcnn_lambda1-0.5_...`` (safe characters)."""
+    parts = [trial_id]
+    for key, value in values.items():
+        if key.endswith("aux_heads") and isinstance(value, (list, tuple)):
+            text = f"K{len(value)}-{'.'.join(value) or 'none'}"
+        elif isinstance(value, (list, tuple)):
+            text = f"{short_key(key)}-{'.'.join(_short_value(v) for v in value)}"
+        else:
+            text = f"{short_key(key)}-{_short_value(value)}"
+        parts.append("".join(c if c.isalnum() or c in "._-" else "." for c in text))
+    return "_".join(parts)[:200]
+
+
+def _values(config: dict, keys: list[str]) -> dict[str, Any]:
+    return {k: config[k] for k in keys if k in config}
+
+
+# ------------------------------------------------------------------------------------- one trial
+
+
+def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """Tune driver function of one trial: the single-run TorchTrainer for this trial's config.
+
+    ``config``: the sampled values by dotted key; ``context`` (from :func:`make_trial_context`): the
+    base config dict, the swept keys, MLflow parent and tracking URI, the Train storage folder.
+    """
+    import ray.tune
+    import yaml
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from codetr.config import flatten, to_dict
+    from platform import tracking
+    from platform.runtime import build_trainer
+    from platform.sweep_spec import trial_config
+    from platform.sweep_tracking import open_child_run
+    from platform.train import derived_params
+    from platform.worker import make_loop_config
+
+    tune_context = ray.tune.get_context()
+    trial_id = tune_context.get_trial_id()
+    values = _values(config, context["keys"])
+    cfg = trial_config(context["base"], values)
+    run_name = trial_dirname(trial_id, values)
+    cfg.platform.run_name = run_name
+    cfg.platform.storage_path = context["train_storage"]
+    cfg.platform.experiment_name = context["experiment_name"]
+    tracking_uri = context["tracking_uri"]
+
+    run_id, resumed = open_child_run(tracking_uri, context["experiment_name"], context["parent_run_id"], trial_id,
+                                     run_name, trial_label(values), values, context["sweep_name"])
+    cfg_dict = to_dict(cfg)
+    params = flatten(cfg_dict)
+    params.update(derived_params(cfg, world_size=cfg.platform.num_workers, num_classes=context["num_classes"],
+                                 train_images=context["train_images"]))
+    tracking.log_params(tracking_uri, run_id, params)
+    if not resumed:
+        tracking.RunLogger(tracking_uri, run_id).log_text(yaml.safe_dump(cfg_dict, sort_keys=False), "config.yaml")
+    print(f"[sweep] trial {trial_label(values)}: MLflow run {run_id} ({'resumed' if resumed else 'new'})", flush=True)
+
+    loop_config = make_loop_config(cfg_dict, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+    fitted = threading.Event()
+    _exit_when_stopped(fitted)
+    build_trainer(cfg, loop_config, run_name, callbacks=[TuneReportCallback()]).fit()
+    # Only a completed run is closed here: a trial that Tune stops (ASHA) or that fails is closed by
+    # ChildRunStatusCallback in the sweep driver.
+    tracking.end_run(tracking_uri, run_id, "FINISHED")
+    fitted.set()
+
+
+def _exit_when_stopped(fitted: threading.Event) -> None:
+    """When Tune stops this trial (ASHA) while its TorchTrainer still runs, end this process.
+
+    Tune only signals the function's session and drops the trial actor later, so the trial's Train
+    controller and workers would go on training, holding their CPUs / GPUs (a placement group the
+    next trial waits for). Exiting the trial actor takes its Train controller, workers and their
+    placement group down with it at once.
+    """
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    stop_event = getattr(session, "stop_event", None)
+    if stop_event is None:
+        return
+
+    def watch() -> None:
+        stop_event.wait()
+        if not fitted.wait(timeout=2.0):
+            print("[sweep] trial stopped by Tune: ending its Ray Train run", flush=True)
+            os._exit(0)
+
+    threading.Thread(target=watch, name="sweep-trial-stop-watch", daemon=True).start()
+
+
+def make_trial_context(spec, base_dict: dict, *, tracking_uri: str, parent_run_id: str, num_classes: int | None,
+                       train_images: int | None) -> dict[str, Any]:
+    return {"base": base_dict, "keys": spec.keys, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
+            "experiment_name": spec.experiment_name, "sweep_name": spec.name,
+            "train_storage": f"{spec.storage_path.rstrip('/')}/{spec.name}/{TRAIN_RUNS_DIR}",
+            "num_classes": num_classes, "train_images": train_images}
+
+
+# ------------------------------------------------------------------------------------------ Tune
+
+
+def trainable(context: dict[str, Any]):
+    """The Tune trainable: :func:`run_trial` with the context bound, and no CPU of its own.
+
+    The trial's Train workers reserve the trial's CPUs / GPUs (the Train controller is a 0-CPU actor);
+    the driver function only waits. Tune refuses an all-zero request, so it asks for 1 byte of memory.
+    """
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": 0, "memory": 1})
+
+
+def _trial_name(trial) -> str:
+    return f"{trial_label(_values(trial.config, list(trial.config)))} ({trial.trial_id})"
+
+
+def _trial_dirname(trial) -> str:
+    return trial_dirname(trial.trial_id, _values(trial.config, list(trial.config)))
+
+
+def build_tune_config(spec):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.scheduler["type"] == "asha":
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.scheduler["max_epochs"],
+                                  grace_period=spec.scheduler["grace_period"],
+                                  reduction_factor=spec.scheduler["reduction_factor"])
+    else:
+        scheduler = FIFOScheduler()
+    search_alg = None
+    if spec.search_alg == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+        search_alg = OptunaSearch()
+    elif spec.search_alg == "hyperopt":
+        from ray.tune.search.hyperopt import HyperOptSearch
+        search_alg = HyperOptSearch()
+    return tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
+                           max_concurrent_trials=spec.max_concurrent_trials, scheduler=scheduler,
+                           search_alg=search_alg, trial_name_creator=_trial_name,
+                           trial_dirname_creator=_trial_dirname)
+
+
+def param_space(spec) -> dict[str, Any]:
+    return {key: domain.to_tune() for key, domain in spec.search_space.items()}
+
+
+def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
+    from ray import tune
+
+    path = f"{spec.storage_path.rstrip('/')}/{spec.name}"
+    if resume:
+        return tune.Tuner.restore(path, trainable=trainable(context), param_space=param_space(spec),
+                                  resume_unfinished=True, resume_errored=False, restart_errored=False)
+    run_config = tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=callbacks,
+                                failure_config=tune.FailureConfig(max_failures=0))
+    return tune.Tuner(trainable(context), param_space=param_space(spec), tune_config=build_tune_config(spec),
+                      run_config=run_config)
+
+
+# ----------------------------------------------------------------------------------------- driver
+
+
+def describe(spec) -> str:
+    lines = [f"sweep {spec.name}: base {spec.base}, metric {spec.metric} ({spec.mode}), "
+             f"{spec.num_grid_points()} grid point(s) x {spec.num_samples} sample(s), "
+             f"max {spec.max_concurrent_trials or 'unlimited'} concurrent, scheduler {spec.scheduler}",
+             f"  storage {spec.storage_path}/{spec.name}, MLflow experiment {spec.experiment_name}"]
+    for key, d in spec.search_space.items():
+        lines.append(f"  {key}: {d.kind} {d.values if d.kind in ('grid', 'choice') else [d.low, d.high]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import yaml
+
+    from codetr.config import ConfigError, flatten, to_dict
+    from platform import tracking
+    from platform.runtime import init_ray
+    from platform.sweep_spec import parse_sweep
+
+    try:
+        spec = parse_sweep(args.sweep_file, args.overrides)
+        base_cfg = spec.base_config()
+    except ConfigError as e:
+        print(f"sweep config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"[sweep] {describe(spec)}", flush=True)
+    if args.dry_run:
+        return EXIT_OK
+
+    sweep_dir = f"{spec.storage_path.rstrip('/')}/{spec.name}"
+    local = "://" not in spec.storage_path
+    if local and Path(sweep_dir).exists() and not args.resume:
+        print(f"sweep {spec.name!r} already exists in {spec.storage_path}: pass --resume to continue it, or "
+              f"name=OTHER for a new sweep", file=sys.stderr)
+        return EXIT_USAGE
+    if args.resume and local and not Path(sweep_dir).exists():
+        print(f"--resume: no sweep {spec.name!r} in {spec.storage_path}", file=sys.stderr)
+        return EXIT_USAGE
+
+    from platform.train import _prepare_data
+
+    start = time.time()
+    num_classes, train_images = _prepare_data(base_cfg)
+    tracking_uri = tracking.resolve_tracking_uri()
+    parent_run_id, resumed = tracking.start_run(
+        tracking_uri, spec.experiment_name, spec.name,
+        {"sweep.file": spec.source, "sweep.name": spec.name, "platform.command": " ".join(sys.argv),
+         "sweep.keys": ",".join(spec.keys)}, resume=args.resume)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    if not resumed:
+        sweep_params = {f"sweep.{k}": v for k, v in flatten({k: v for k, v in spec.raw.items()
+                                                            if k not in ("search_space", "overrides")}).items()}
+        sweep_params.update({f"sweep.search_space.{k}": f"{d.kind} {d.values or [d.low, d.high]}"
+                             for k, d in spec.search_space.items()})
+        sweep_params.update({f"sweep.overrides.{k}": v for k, v in spec.overrides.items()})
+        tracking.log_params(tracking_uri, parent_run_id, sweep_params)
+        client.log_text(parent_run_id, yaml.safe_dump(spec.raw, sort_keys=False), "sweep.yaml")
+        client.log_text(parent_run_id, yaml.safe_dump(to_dict(base_cfg), sort_keys=False), "base_config.yaml")
+    print(f"[sweep] MLflow parent run {parent_run_id} ({'resumed' if resumed else 'new'}) at {tracking_uri}",
+          flush=True)
+
+    for name, value in TRIAL_ENV.items():
+        os.environ.setdefault(name, value)
+    from platform.sweep_tracking import ChildRunStatusCallback
+
+    status_callback = ChildRunStatusCallback(
+        tracking_uri, experiment_id, parent_run_id,
+        spec.scheduler["max_epochs"] if spec.scheduler["type"] == "asha" else None)
+    context = make_trial_context(spec, to_dict(base_cfg), tracking_uri=tracking_uri, parent_run_id=parent_run_id,
+                                 num_classes=num_classes, train_images=train_images)
+    import ray
+
+    status, code = "FAILED", EXIT_FAILED
+    try:
+        print(f"[sweep] {init_ray(base_cfg, TRIAL_ENV)}", flush=True)
+        tuner = build_tuner(spec, context, [status_callback], args.resume)
+        if args.resume:   # callbacks are not restored with the experiment: give them back
+            tuner._local_tuner.get_run_config().callbacks = [status_callback]   # noqa: SLF001
+        grid = tuner.fit()
+        errors = sum(1 for r in grid if r.error is not None)
+        if status_callback.interrupted:
+            status, code = "KILLED", EXIT_KILLED
+            print(f"[sweep] interrupted: continue with  python -m platform.sweep {args.sweep_file} --resume "
+                  f"{' '.join(args.overrides)}", flush=True)
+        elif errors == len(grid):
+            print(f"[sweep] every trial failed ({errors})", file=sys.stderr)
+        else:
+            status, code = "FINISHED", EXIT_OK
+            if errors:
+                print(f"[sweep] {errors} of {len(grid)} trial(s) failed (their MLflow runs are FAILED)", flush=True)
+    except KeyboardInterrupt:
+        status, code = "KILLED", EXIT_KILLED
+    except Exception as e:
+        print(f"[sweep] failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    finally:
+        try:
+            status_callback.close_leftovers()
+            markdown = _summarize(spec, tracking_uri, experiment_id, parent_run_id, context["base"],
+                                  status_callback.results)
+        finally:
+            tracking.end_run(tracking_uri, parent_run_id, status)
+            if ray.is_initialized():
+                ray.shutdown()
+    print("\n" + "=" * 72)
+    print(f"Sweep {spec.name}: {status} in {(time.time() - start) / 60:.1f} min; results sorted by {spec.metric}:\n")
+    print(markdown or "(no trial results)")
+    print(f"MLflow parent run {parent_run_id} (experiment {spec.experiment_name}); "
+          f"open the UI: {tracking.ui_command(tracking_uri)}")
+    print("=" * 72, flush=True)
+    return code
+
+
+def _summarize(spec, tracking_uri, experiment_id, parent_run_id, base_dict, tune_results) -> str:
+    from codetr.config import to_dict
+    from platform.sweep_spec import trial_config
+    from platform.sweep_summary import collect_rows, log_summary
+
+    try:
+        rows = collect_rows(tracking_uri, experiment_id, parent_run_id, spec.keys, spec.metric, spec.mode,
+                            tune_results)
+        best = rows[0] if rows and rows[0].metric is not None else None
+        best_config = to_dict(trial_config(base_dict, best.values)) if best else None
+        return log_summary(tracking_uri, parent_run_id, rows, spec.keys, spec.metric, best_config)
+    except Exception as e:   # the summary must not hide the sweep's own result
+        print(f"[sweep] could not write the summary: {type(e).__name__}: {e}", file=sys.stderr)
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

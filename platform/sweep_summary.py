@@ -1,0 +1,215 @@
+"""The sweep's summary, read back from MLflow and logged into the parent run.
+
+Artifacts of the parent run:
+
+    summary/results.csv, summary/results.md   one row per trial, sorted by the metric (best first)
+    summary/best_config.yaml                  the full config of the best trial
+    plots/<metric>_vs_<key>.png               the metric (last evaluation) against each swept key
+    plots/coco_AP_over_epochs.png             coco/AP after every evaluated epoch, one line per trial
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from platform.sweep_tracking import END_TAG, TRIAL_ID_TAG, VALUES_TAG, children
+
+CURVE_METRIC = "coco/AP"
+
+
+@dataclass
+class TrialRow:
+    trial: str                     # the child run's name (shows the hyper-parameters)
+    run_id: str
+    status: str                    # MLflow status of the child run
+    end: str                       # finished, max_epochs, stopped_early, failed, interrupted, running
+    values: dict[str, Any]         # swept key -> value
+    metric: float | None           # last reported value of the sweep's metric
+    best: float | None             # best value over the trial's evaluations
+    epochs: int | None
+    iterations: int | None
+    extra: dict[str, float]        # a few more final metrics (coco/AP50, train/loss)
+    curve: list[tuple[int, float]]  # (epoch, coco/AP)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _epoch_curve(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """``[(epoch, value)]`` of ``key``: steps are iterations, mapped to epochs via train/epochs_done."""
+    values = client.get_metric_history(run_id, key)
+    epochs = {m.step: int(m.value) for m in client.get_metric_history(run_id, "train/epochs_done")}
+    out = {}
+    for m in sorted(values, key=lambda m: (m.step, m.timestamp)):
+        out[epochs.get(m.step, m.step)] = m.value
+    return sorted(out.items())
+
+
+def collect_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, keys: list[str], metric: str,
+                 mode: str, tune_results: dict[str, list[dict]] | None = None) -> list[TrialRow]:
+    """One row per child run of the parent, sorted by ``metric`` (best first, missing values last).
+
+    The metric comes from the child run; one that only Tune saw (e.g. ``iteration``) comes from
+    ``tune_results`` (trial id -> the trial's Tune results, oldest first).
+    """
+    client = MlflowClient(tracking_uri)
+    rows = []
+    for run in children(client, experiment_id, parent_run_id):
+        m = dict(run.data.metrics)
+        values = json.loads(run.data.tags.get(VALUES_TAG, "{}"))
+        if metric in m:
+            history = [v for _, v in _epoch_curve(client, run.info.run_id, metric)]
+        else:
+            seen = (tune_results or {}).get(run.data.tags.get(TRIAL_ID_TAG, ""), [])
+            history = [r[metric] for r in seen if metric in r]
+            if history:
+                m[metric] = history[-1]
+        best = (max(history) if mode == "max" else min(history)) if history else None
+        done = client.get_metric_history(run.info.run_id, "train/epochs_done")
+        rows.append(TrialRow(
+            trial=run.info.run_name, run_id=run.info.run_id, status=run.info.status,
+            end=run.data.tags.get(END_TAG, ""), values={k: values.get(k) for k in keys},
+            metric=m.get(metric), best=best,
+            epochs=int(max(d.value for d in done)) if done else None,
+            iterations=max(d.step for d in done) if done else None,
+            extra={k: m[k] for k in ("coco/AP50", "train/loss") if k in m},
+            curve=_epoch_curve(client, run.info.run_id, CURVE_METRIC) if CURVE_METRIC in m else []))
+    sign = -1.0 if mode == "max" else 1.0
+    rows.sort(key=lambda r: (r.metric is None or math.isnan(r.metric), sign * (r.metric or 0.0)))
+    return rows
+
+
+def table(rows: list[TrialRow], keys: list[str], metric: str) -> tuple[list[str], list[list[str]]]:
+    header = ["rank", "trial", *keys, metric, f"best {metric}", "coco/AP50", "train/loss", "epochs", "iterations",
+              "status", "end", "mlflow_run_id"]
+    body = []
+    for i, r in enumerate(rows, 1):
+        num = lambda v: "" if v is None else f"{v:.4f}"   # noqa: E731
+        body.append([str(i), r.trial, *(format_value(r.values.get(k)) for k in keys), num(r.metric), num(r.best),
+                     num(r.extra.get("coco/AP50")), num(r.extra.get("train/loss")),
+                     "" if r.epochs is None else str(r.epochs), "" if r.iterations is None else str(r.iterations),
+                     r.status, r.end, r.run_id])
+    return header, body
+
+
+def to_csv(header: list[str], body: list[list[str]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(body)
+    return out.getvalue()
+
+
+def to_markdown(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+    return "\n".join(lines) + "\n"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def plot_metric_vs_key(rows: list[TrialRow], key: str, metric: str):
+    """Scatter of the metric against one swept key (categories for lists and strings, K for head lists)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(r.values.get(key), r.metric, r.end) for r in rows if r.metric is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _, _ in points)
+    if numeric:
+        xs = [float(v) for v, _, _ in points]
+        ax.set_xlabel(key)
+    else:
+        labels = sorted({format_value(v) for v, _, _ in points},
+                        key=lambda s: (s.count(",") + (s not in ("[]", "")), s))
+        if key.endswith("aux_heads"):
+            pretty = {format_value(v): f"K={len(v)}\n{format_value(v)}" for v, _, _ in points}
+            ax.set_xlabel(f"{key} (K = number of auxiliary heads)")
+        else:
+            pretty = {s: s for s in labels}
+            ax.set_xlabel(key)
+        xs = [labels.index(format_value(v)) for v, _, _ in points]
+        ax.set_xticks(range(len(labels)), [pretty[s] for s in labels])
+    for (x, (_, y, end)) in zip(xs, points):
+        ax.scatter([x], [y], marker="o" if end in ("finished", "max_epochs") else "x",
+                   color="tab:blue" if end in ("finished", "max_epochs") else "tab:red")
+    ax.set_ylabel(f"{metric} (last evaluation)")
+    ax.set_title(f"{metric} vs {key}  (o: ran to the end, x: stopped early / failed)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(rows: list[TrialRow]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        if r.curve:
+            ax.plot([e for e, _ in r.curve], [v for _, v in r.curve], marker="o", label=r.trial)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(CURVE_METRIC)
+    ax.set_title(f"{CURVE_METRIC} over epochs, every trial", fontsize=10)
+    ax.grid(alpha=0.3)
+    if any(r.curve for r in rows):
+        ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def log_summary(tracking_uri: str, parent_run_id: str, rows: list[TrialRow], keys: list[str], metric: str,
+                best_config: dict | None) -> str:
+    """Write the summary artifacts of ``rows`` (from :func:`collect_rows`) into the parent run.
+
+    Returns the Markdown table."""
+    import matplotlib.pyplot as plt
+    import yaml
+
+    client = MlflowClient(tracking_uri)
+    header, body = table(rows, keys, metric)
+    markdown = to_markdown(header, body)
+    client.log_text(parent_run_id, to_csv(header, body), "summary/results.csv")
+    client.log_text(parent_run_id, markdown, "summary/results.md")
+    for key in keys:
+        fig = plot_metric_vs_key(rows, key, metric)
+        try:
+            client.log_figure(parent_run_id, fig, f"plots/{_safe(metric)}_vs_{_safe(key)}.png")
+        finally:
+            plt.close(fig)
+    fig = plot_curves(rows)
+    try:
+        client.log_figure(parent_run_id, fig, f"plots/{_safe(CURVE_METRIC)}_over_epochs.png")
+    finally:
+        plt.close(fig)
+    best = rows[0] if rows and rows[0].metric is not None else None
+    if best is not None:
+        client.log_metric(parent_run_id, f"best/{metric}", best.metric)
+        client.set_tag(parent_run_id, "sweep.best_trial", best.trial)
+        client.set_tag(parent_run_id, "sweep.best_run_id", best.run_id)
+        if best_config is not None:
+            client.log_text(parent_run_id, yaml.safe_dump(best_config, sort_keys=False), "summary/best_config.yaml")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.end] = counts.get(r.end, 0) + 1
+    client.log_metric(parent_run_id, "sweep/num_trials", len(rows))
+    for end, n in counts.items():
+        client.log_metric(parent_run_id, f"sweep/num_{end}", n)
+    return markdown
