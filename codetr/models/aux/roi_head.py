@@ -2,8 +2,9 @@
 
 Proposals (plus the ground truth as proposals) are assigned by MaxIoU 0.5 without
 low-quality matches, 512 per image are sampled with at most a quarter positive, pooled
-by RoIAlign 7x7 from one of the 4 finest levels (FPN mapping with finest_scale 112) and
-fed to two shared FC layers of 1024. Losses: softmax cross-entropy over the sampled RoIs,
+by RoIAlign 7x7 from one of the 4 finest levels (FPN mapping with finest_scale 112; small
+maps through the equal matmul form of ``roi_align_matmul``) and fed to two shared FC
+layers of 1024. Losses: softmax cross-entropy over the sampled RoIs,
 and GIoU between the class-specific decoded boxes (stds 0.1 / 0.1 / 0.2 / 0.2) and the gt
 of the positives; both divided by the number of sampled RoIs, as the reference does.
 """
@@ -19,6 +20,7 @@ from torchvision.ops import generalized_box_iou_loss, roi_align
 from codetr.config.aux_schema import FasterRCNNConfig
 from codetr.models.aux.assigners import max_iou_assign
 from codetr.models.aux.box_coder import DeltaXYWHCoder
+from codetr.models.aux.roi_align_matmul import MATMUL_MAX_CELLS, roi_align_matmul
 from codetr.models.aux.sampler import random_sample, sampled_slots
 
 
@@ -97,24 +99,33 @@ class RoIHead(nn.Module):
     def roi_features(self, feats: Sequence[Tensor], rois_xyxy: Tensor) -> Tensor:
         """feats: the 4 finest levels [B, C, H, W]; rois_xyxy [B, S, 4] -> [B * S, C, s, s] (RoIAlign, aligned)."""
         b, s, _ = rois_xyxy.shape
+        num_levels = len(self.strides)
         boxes = rois_xyxy.reshape(-1, 4)
-        batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(s)
-        rois = torch.cat([batch_idx[:, None], boxes], dim=1)                       # [B*S, 5]
-        levels = map_roi_levels(boxes, len(self.strides), self.cfg.roi_finest_scale)
-        # one pass per level over the RoIs sorted by level (one host sync for the counts)
-        order = torch.sort(levels, stable=True).indices
-        counts = torch.bincount(levels, minlength=len(self.strides)).tolist()
+        batch_idx = torch.arange(b, device=boxes.device).repeat_interleave(s)     # [B*S]
+        levels = map_roi_levels(boxes, num_levels, self.cfg.roi_finest_scale)
+        # RoIs sorted by (level, image); one host sync for the group sizes
+        order = torch.sort(levels * b + batch_idx, stable=True).indices
+        counts = torch.bincount(levels * b + batch_idx, minlength=num_levels * b).reshape(num_levels, b).tolist()
+        groups = order.split([n for per_level in counts for n in per_level])
+        size, ratio = self.cfg.roi_output_size, self.cfg.roi_sampling_ratio
         pooled = []
-        for level, level_rois in enumerate(rois[order].split(counts)):
-            if counts[level] == 0:
+        for level in range(num_levels):
+            level_groups = groups[level * b:(level + 1) * b]
+            if sum(counts[level]) == 0:
                 continue
-            pooled.append(roi_align(feats[level], level_rois, output_size=self.cfg.roi_output_size,
-                                    spatial_scale=1.0 / self.strides[level],
-                                    sampling_ratio=self.cfg.roi_sampling_ratio, aligned=True))
+            feat, scale = feats[level], 1.0 / self.strides[level]
+            if feat.shape[-2] * feat.shape[-1] <= MATMUL_MAX_CELLS:
+                per_image = feat.unbind(0)
+                pooled += [roi_align_matmul(per_image[i], boxes[idx], size, scale, ratio)
+                           for i, idx in enumerate(level_groups) if idx.numel()]
+            else:
+                idx = torch.cat(level_groups)
+                level_rois = torch.cat([batch_idx[idx, None].to(boxes.dtype), boxes[idx]], dim=1)   # [n, 5]
+                pooled.append(roi_align(feat, level_rois, output_size=size, spatial_scale=scale,
+                                        sampling_ratio=ratio, aligned=True))
         if not pooled:      # no RoI at all: an empty, still connected, result
-            size = self.cfg.roi_output_size
             return feats[0].new_zeros(0, feats[0].shape[1], size, size) + 0.0 * feats[0].sum()
-        pooled_t = torch.cat(pooled)                                               # [B*S, C, s, s] in level order
+        pooled_t = torch.cat(pooled)                                               # [B*S, C, s, s] in sorted order
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         return pooled_t[inverse]

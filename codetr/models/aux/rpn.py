@@ -5,7 +5,7 @@ Assignment: MaxIoU 0.7 / 0.3 with low-quality matches (min IoU 0.3); a random sa
 anchors per image, half positive at most. Losses: binary cross-entropy and L1 on the
 deltas (stds 1), both normalised by the number of sampled anchors (the reference's
 ``num_total_pos + num_total_neg`` with ``sampling``). Proposals: per level the 4000 best
-anchors, decoded and clipped to the image, NMS 0.7 across the levels of an image, 1000 kept.
+anchors, decoded and clipped to the image, NMS 0.7 inside each level, the 1000 best of an image kept.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from codetr.config.aux_schema import FasterRCNNConfig
 from codetr.models.aux.anchors import AnchorGenerator
@@ -107,15 +107,32 @@ class RPNHead(nn.Module):
             levels.append(torch.full_like(idx, level))
         scores_t = torch.cat(scores, dim=1)                                        # [B, M]
         boxes_t = torch.cat(boxes, dim=1)                                          # [B, M, 4]
-        image_ids = torch.arange(b, device=scores_t.device)[:, None].expand_as(scores_t)
-        groups = image_ids * len(logits_l) + torch.cat(levels, dim=1)
+        levels_t = torch.cat(levels, dim=1)                                        # [B, M]
         wh = boxes_t[..., 2:] - boxes_t[..., :2]
-        keep = (wh > c.rpn_min_box_size).all(-1).flatten()
-        flat_boxes, flat_scores = boxes_t.reshape(-1, 4)[keep], scores_t.flatten()[keep]
-        flat_groups, flat_images = groups.flatten()[keep], image_ids.flatten()[keep]
-        kept = batched_nms(flat_boxes, flat_scores, flat_groups, c.rpn_nms_thresh)   # score order
-        kept_images = flat_images[kept]
-        # group by image, keeping the score order inside each image
-        kept = kept[torch.sort(kept_images, stable=True).indices]
-        counts = torch.bincount(kept_images, minlength=b).tolist()
-        return [per_image[:c.rpn_post_nms_top_n] for per_image in flat_boxes[kept].split(counts)]
+        keep = (wh > c.rpn_min_box_size).all(-1)                                   # [B, M]
+        counts = keep.sum(1).tolist()                                              # the one host sync
+        per_image = zip(boxes_t[keep].split(counts), scores_t[keep].split(counts), levels_t[keep].split(counts))
+        return [level_nms_top_n(bx, sc, lv, c.rpn_nms_thresh, c.rpn_post_nms_top_n) for bx, sc, lv in per_image]
+
+
+@torch.no_grad()
+def level_nms_top_n(boxes_xyxy: Tensor, scores: Tensor, levels: Tensor, iou_thresh: float, top_n: int) -> Tensor:
+    """NMS inside each level of one image, then the ``top_n`` best survivors of all levels.
+
+    boxes_xyxy [M, 4], scores [M], levels [M] -> [n <= top_n, 4] boxes_xyxy, best first.
+    Equal to ``batched_nms(boxes, scores, levels)[:top_n]`` (the reference's level offsets),
+    but cheaper: greedy NMS keeps a box iff no better kept box of its level overlaps it, so
+    NMS on the best P boxes gives exactly the survivors among them; once P boxes leave
+    ``top_n`` survivors, the rest of the list cannot change the first ``top_n``.
+    """
+    order = scores.argsort(descending=True)
+    # levels never suppress each other: shift each level to its own region (the offset trick)
+    offsets = levels.to(boxes_xyxy.dtype)[:, None] * (boxes_xyxy.max() + 1 if boxes_xyxy.numel() else 1.0)
+    shifted = boxes_xyxy + offsets
+    prefix = min(order.numel(), 2 * top_n)
+    while True:
+        cand = order[:prefix]
+        kept = cand[nms(shifted[cand], scores[cand], iou_thresh)]                  # score order
+        if kept.numel() >= top_n or prefix == order.numel():
+            return boxes_xyxy[kept[:top_n]]
+        prefix = min(order.numel(), 4 * prefix)
