@@ -100,8 +100,14 @@ def fit_interruptibly(trainer):
     return outcome["result"]
 
 
+def resume_command(argv: list[str], run_name: str) -> str:
+    """The command that continues this run: the same arguments with ``platform.run_name`` pinned."""
+    args = [a for a in argv if not a.startswith("platform.run_name=")]
+    return " ".join(["python -m platform.train", *args, f"platform.run_name={run_name}"])
+
+
 def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, elapsed: float,
-                  checkpoint_path: str | None) -> None:
+                  checkpoint_path: str | None, argv: list[str] | None = None) -> None:
     from mlflow.tracking import MlflowClient
 
     from platform.tracking import ui_command
@@ -123,6 +129,8 @@ def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, el
         print(f"Final train/loss: {metrics['train/loss']:.4f}")
     if checkpoint_path:
         print(f"Latest checkpoint: {checkpoint_path}")
+    if status != "FINISHED":
+        print(f"Continue from the latest checkpoint: {resume_command(argv or [], run_name)}")
     print(f"MLflow run id: {run_id}  (experiment {experiment_id}, tracking URI {tracking_uri})")
     print(f"Open the UI:   {ui_command(tracking_uri)}")
     if experiment_id is not None and not tracking_uri.startswith("http"):
@@ -195,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous_sigterm)
             if ray.is_initialized():
                 ray.shutdown()
-    print_summary(status, run_name, tracking_uri, run_id, time.time() - start, checkpoint_path)
+    print_summary(status, run_name, tracking_uri, run_id, time.time() - start, checkpoint_path,
+                  sys.argv[1:] if argv is None else argv)
     return code
 
 

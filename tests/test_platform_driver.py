@@ -12,7 +12,7 @@ from codetr.engine import LogRecord
 from platform import tracking
 from platform.runtime import (REPO_ROOT, UPLOAD_EXCLUDES, absolutize_paths, check_run_name, load_run_config,
                               resolve_config_path, runtime_env)
-from platform.train import derived_params
+from platform.train import derived_params, resume_command
 from platform.visualize import draw_detections, plot_loss_curves
 from platform.worker import progress_line
 
@@ -110,3 +110,8 @@ def test_readme_starts_with_the_two_commands_and_lists_every_config_key():
     assert train_at < test_at < readme.index("## What a run leaves behind")
     missing = [key for key, _, _ in rows() if f"`{key}`" not in readme]
     assert not missing, f"README config reference is stale (python -m platform.config_reference): {missing}"
+
+
+def test_resume_command_pins_the_run_name():
+    assert resume_command(["--config", "codetr_tiny", "train.epochs=3", "platform.run_name=old"], "new") == \
+        "python -m platform.train --config codetr_tiny train.epochs=3 platform.run_name=new"
