@@ -17,6 +17,7 @@ id the worker's rank 0 creates the run itself and ends it (FINISHED, FAILED or K
 from __future__ import annotations
 
 import datetime
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -199,7 +200,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             owns_run = True
         logger = tracking.RunLogger(tracking_uri, run_id)
 
-    status = "FAILED"
+    status, reporter = "FAILED", None
     try:
         train_ds = build_dataset(cfg, "train")
         val_ds = build_dataset(cfg, "val")
@@ -263,5 +264,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         status = "KILLED"
         raise
     finally:
+        if reporter is not None:
+            shutil.rmtree(reporter.scratch, ignore_errors=True)
         if owns_run and logger is not None:
             tracking.end_run(tracking_uri, run_id, status)
