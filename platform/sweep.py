@@ -242,6 +242,27 @@ def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
 # ----------------------------------------------------------------------------------------- driver
 
 
+def init_sweep_ray(cfg) -> str:
+    """``platform.runtime.init_ray``, except under ``ray job submit --working-dir``: there the job's
+    runtime env already ships the repository, and Ray refuses a second ``working_dir`` from
+    ``ray.init`` ("Failed to merge the Job's runtime env"), so only the env vars are added."""
+    import json
+
+    import ray
+
+    from platform.runtime import init_ray, runtime_env
+
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    job_env = job.get("runtime_env", job) or {}
+    address = os.environ.get("RAY_ADDRESS")
+    if not (address and job_env.get("working_dir")) or ray.is_initialized():
+        return init_ray(cfg, TRIAL_ENV)
+    job_vars = job_env.get("env_vars") or {}
+    env_vars = {k: v for k, v in runtime_env(TRIAL_ENV)["env_vars"].items() if k not in job_vars}
+    ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+    return f"joined the Ray cluster at {address} as a Ray job (code from the job's working_dir)"
+
+
 def describe(spec) -> str:
     lines = [f"sweep {spec.name}: base {spec.base}, metric {spec.metric} ({spec.mode}), "
              f"{spec.num_grid_points()} grid point(s) x {spec.num_samples} sample(s), "
@@ -258,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from codetr.config import ConfigError, flatten, to_dict
     from platform import tracking
-    from platform.runtime import init_ray
     from platform.sweep_spec import parse_sweep
 
     try:
@@ -317,15 +337,21 @@ def main(argv: list[str] | None = None) -> int:
                                  num_classes=num_classes, train_images=train_images)
     import ray
 
-    status, code = "FAILED", EXIT_FAILED
+    status, code, tune_results = "FAILED", EXIT_FAILED, {}
     try:
-        print(f"[sweep] {init_ray(base_cfg, TRIAL_ENV)}", flush=True)
+        print(f"[sweep] {init_sweep_ray(base_cfg)}", flush=True)
         tuner = build_tuner(spec, context, [status_callback], args.resume)
-        if args.resume:   # callbacks are not restored with the experiment: give them back
-            tuner._local_tuner.get_run_config().callbacks = [status_callback]   # noqa: SLF001
+        if args.resume:   # the restored run config holds a pickled copy of the callback: use this one
+            try:
+                tuner._local_tuner.get_run_config().callbacks = [status_callback]   # noqa: SLF001
+            except AttributeError:
+                pass
         grid = tuner.fit()
-        errors = sum(1 for r in grid if r.error is not None)
-        if status_callback.interrupted:
+        tune_results = _tune_results(grid)
+        errors = grid.num_errors
+        # every trial that ended (finished, stopped by ASHA, failed) had its child run closed by now;
+        # one still RUNNING belongs to a trial that Tune cut short on Ctrl-C / SIGTERM
+        if status_callback.close_leftovers():
             status, code = "KILLED", EXIT_KILLED
             print(f"[sweep] interrupted: continue with  python -m platform.sweep {args.sweep_file} --resume "
                   f"{' '.join(args.overrides)}", flush=True)
@@ -342,8 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         try:
             status_callback.close_leftovers()
-            markdown = _summarize(spec, tracking_uri, experiment_id, parent_run_id, context["base"],
-                                  status_callback.results)
+            markdown = _summarize(spec, tracking_uri, experiment_id, parent_run_id, context["base"], tune_results)
         finally:
             tracking.end_run(tracking_uri, parent_run_id, status)
             if ray.is_initialized():
@@ -355,6 +380,17 @@ def main(argv: list[str] | None = None) -> int:
           f"open the UI: {tracking.ui_command(tracking_uri)}")
     print("=" * 72, flush=True)
     return code
+
+
+def _tune_results(grid) -> dict[str, list[dict]]:
+    """Trial id -> the trial's Tune results (oldest first), for metrics MLflow does not hold."""
+    out = {}
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id")
+        frame = result.metrics_dataframe
+        if trial_id and frame is not None:
+            out[trial_id] = frame.to_dict("records")
+    return out
 
 
 def _summarize(spec, tracking_uri, experiment_id, parent_run_id, base_dict, tune_results) -> str:

@@ -85,12 +85,6 @@ class ChildRunStatusCallback(_tune_callback_base()):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int | None):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.max_epochs = max_epochs
-        self.interrupted = False
-        self.results: dict[str, list[dict]] = {}   # trial id -> Tune results seen by this driver
-
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        keep = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.results.setdefault(trial.trial_id, []).append(keep)
 
     def _child(self, trial) -> tuple[MlflowClient, str | None]:
         client = MlflowClient(self.tracking_uri)
@@ -118,21 +112,22 @@ class ChildRunStatusCallback(_tune_callback_base()):
         # anything still running here was cut short by an interrupted sweep (Ctrl-C, ray job stop)
         client = MlflowClient(self.tracking_uri)
         for trial in trials:
-            if trial.trial_id not in self.results and trial.last_result:   # finished before a resume
-                self.results[trial.trial_id] = [dict(trial.last_result)]
             if trial.status in ("TERMINATED", "ERROR"):
                 continue
-            self.interrupted = True
             run_id = find_child(client, self.experiment_id, self.parent_run_id, trial.trial_id)
             if run_id is not None and client.get_run(run_id).info.status == RUNNING:
                 end_child(client, run_id, "KILLED", "interrupted", "the sweep was interrupted; --resume continues it")
 
     def close_leftovers(self) -> int:
-        """Close any child still RUNNING (e.g. the driver died before Tune's callbacks ran). Returns the count."""
+        """Close every child still RUNNING as interrupted (KILLED). Returns how many there were.
+
+        After ``Tuner.fit`` returns, only the trials of an interrupted sweep are left running: Tune
+        keeps them resumable and calls no trial callback for them."""
         client = MlflowClient(self.tracking_uri)
         count = 0
         for run in children(client, self.experiment_id, self.parent_run_id):
             if run.info.status == RUNNING:
-                end_child(client, run.info.run_id, "KILLED", "interrupted", "left running when the sweep ended")
+                end_child(client, run.info.run_id, "KILLED", "interrupted",
+                          "the sweep was interrupted; --resume continues it")
                 count += 1
         return count
