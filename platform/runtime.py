@@ -100,9 +100,10 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return f"joined the Ray cluster at {address}"
-    # A local cluster: enough logical CPUs for the requested workers even on a small machine
+    # A new local cluster (address="local": never attach to one some `ray start` left running here),
+    # with enough logical CPUs for the requested workers even on a small machine
     need = cfg.platform.num_workers * cfg.platform.cpus_per_worker
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True)
     return f"started a local Ray cluster ({max(os.cpu_count() or 1, need)} CPUs)"
 
 

@@ -14,6 +14,7 @@ checkpoint folder or ``checkpoint.pt``) to start a new run from a checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -166,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     num_classes, train_images = _prepare_data(cfg)
 
     tracking_uri = tracking.resolve_tracking_uri()
+    if os.environ.get("RAY_ADDRESS") and not tracking_uri.startswith(("http://", "https://", "databricks")):
+        print(f"[platform] note: MLflow logs to {tracking_uri}; workers on other nodes need a tracking server "
+              "(MLFLOW_TRACKING_URI=http://HOST:5000)", flush=True)
     tags = {"platform.config_file": str(args.config), "platform.command": " ".join(sys.argv)}
     if resume_from:
         tags["platform.resumed_from"] = resume_from
