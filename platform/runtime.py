@@ -86,6 +86,14 @@ def runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     return {"working_dir": str(REPO_ROOT), "excludes": UPLOAD_EXCLUDES, "env_vars": env_vars}
 
 
+def _job_runtime_env() -> dict:
+    """The runtime env of the Ray job this process is the entrypoint of ({} outside a job)."""
+    import json
+
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return job.get("runtime_env", job) or {}
+
+
 def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     """Join the cluster of ``RAY_ADDRESS`` (e.g. under ``ray job submit``), else start a local one.
 
@@ -97,6 +105,14 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
         return "Ray already initialised"
     address = os.environ.get("RAY_ADDRESS")
     env = runtime_env(extra_env)
+    job_env = _job_runtime_env()
+    if address and job_env.get("working_dir"):
+        # under `ray job submit --working-dir`: the job already ships the repository, and Ray refuses
+        # a second working_dir from ray.init ("Failed to merge the Job's runtime env"): add env vars only
+        job_vars = job_env.get("env_vars") or {}
+        env_vars = {k: v for k, v in env["env_vars"].items() if k not in job_vars}
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        return f"joined the Ray cluster at {address} as a Ray job (code from the job's working_dir)"
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return f"joined the Ray cluster at {address}"

@@ -219,3 +219,39 @@ def test_a_failing_worker_ends_the_run_failed(tmp_path):
     assert "Run broken: FAILED" in proc.stdout
     _, runs = _runs(tmp_path, "broken")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit_runs_the_same_command(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    port = _free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
+                                                            "dashboard_host": "127.0.0.1", "dashboard_port": port})
+    try:
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+        entrypoint = [sys.executable, *_train_args(tmp_path, "as-a-job", "train.max_iters=2")[1:]]
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+        submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port}",
+                  "--working-dir", ".", "--runtime-env-json", json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": uri}}),
+                  "--", *entrypoint]
+        for _ in range(30):   # the job agent comes up a little after the head node
+            proc = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in proc.stdout + proc.stderr:
+                break
+            time.sleep(2)
+    finally:
+        cluster.shutdown()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "as a Ray job" in out and "Run as-a-job: FINISHED" in out
+    _, runs = _runs(tmp_path, "as-a-job")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "coco/AP" in runs[0].data.metrics
+    assert [i for i, _ in _checkpoints(tmp_path, "as-a-job")] == [2]
