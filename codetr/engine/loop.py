@@ -15,6 +15,9 @@ Metric names (the one place they are made):
     train/lr, train/lr_mult     lr of the base group and of the lr-multiplied group
     train/grad_norm             total gradient norm before clipping
     train/iter_time             seconds per iteration;  train/images_per_s: all workers together
+    train/iter_cpu_time         CPU seconds of this process per iteration (the wall time it would take
+                                on a core of its own: on a shared machine, iter_time / iter_cpu_time
+                                shows the contention)
     coco/*                      the evaluator's metrics
 
 Losses are averaged over the last ``train.log_every`` iterations of rank 0; the values are
@@ -211,7 +214,7 @@ class TrainLoop:
         if self.iteration >= self.total_iters:
             return self.last_metrics
         window = LossWindow()
-        window_start = time.perf_counter()
+        window_start, window_cpu_start = time.perf_counter(), time.process_time()
         recent_iter_time: float | None = None
         while self.iteration < self.total_iters:
             self._set_epoch(self.epoch)
@@ -231,6 +234,7 @@ class TrainLoop:
                     recent_iter_time = elapsed / max(steps, 1)
                     metrics.update(self._lr_metrics())
                     metrics["train/iter_time"] = recent_iter_time
+                    metrics["train/iter_cpu_time"] = (time.process_time() - window_cpu_start) / max(steps, 1)
                     metrics["train/images_per_s"] = images_seen * self.world_size / max(elapsed, 1e-9)
                     metrics["train/epoch"] = self.iteration / self.iters_per_epoch
                     self.last_metrics.update(metrics)
@@ -238,12 +242,12 @@ class TrainLoop:
                         eta = (self.total_iters - self.iteration) * recent_iter_time
                         self.hooks.on_log(LogRecord(self.iteration, self.total_iters, self.epoch, self.num_epochs,
                                                     metrics, eta))
-                    window_start = time.perf_counter()
+                    window_start, window_cpu_start = time.perf_counter(), time.process_time()
                 if done:
                     break
             self.epoch += 1
             self._end_epoch(finished=self.iteration >= self.total_iters)
-            window_start = time.perf_counter()
+            window_start, window_cpu_start = time.perf_counter(), time.process_time()
         return self.last_metrics
 
     def _set_epoch(self, epoch: int) -> None:
