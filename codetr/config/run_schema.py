@@ -47,7 +47,7 @@ class PlatformConfig:
     gpus_per_worker: float = 1.0       # Ray GPUs per worker when use_gpu
     placement_strategy: str = "PACK"   # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     storage_path: str = "runs"         # Ray Train storage: a local folder, a shared mount or a URI (multi-node)
-    run_name: str | None = None        # Ray Train + MLflow run name; null: <experiment>-<timestamp>; a used name resumes
+    run_name: str | None = None        # Ray Train + MLflow run name; null: <experiment>-<timestamp>; reused: resumes
     experiment_name: str = "codetr"    # MLflow experiment
     max_failures: int = 0              # Ray Train restarts from the last checkpoint after a worker failure
     num_to_keep: int = 2               # checkpoints kept by Ray Train in storage
