@@ -243,22 +243,32 @@ def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
 
 
 def init_sweep_ray(cfg) -> str:
-    """``platform.runtime.init_ray``, except under ``ray job submit --working-dir``: there the job's
-    runtime env already ships the repository, and Ray refuses a second ``working_dir`` from
-    ``ray.init`` ("Failed to merge the Job's runtime env"), so only the env vars are added."""
+    """``platform.runtime.init_ray``, with two differences when joining a cluster (``RAY_ADDRESS``).
+
+    - Under ``ray job submit --working-dir`` the job's runtime env already ships the repository,
+      and Ray refuses a second ``working_dir`` from ``ray.init`` ("Failed to merge the Job's
+      runtime env"), so only env vars are added.
+    - ``RAY_ADDRESS`` goes to every process of the job: Ray Train's detached PlacementGroupCleaner
+      (which frees the resources of a Tune-stopped trial) otherwise looks the cluster up by scanning
+      the machine's processes, and with several Ray clusters on one machine it finds the wrong one
+      and never frees them.
+    """
     import json
 
     import ray
 
     from platform.runtime import init_ray, runtime_env
 
+    address = os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized() or not address:
+        return init_ray(cfg, TRIAL_ENV)
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     job_env = job.get("runtime_env", job) or {}
-    address = os.environ.get("RAY_ADDRESS")
-    if not (address and job_env.get("working_dir")) or ray.is_initialized():
-        return init_ray(cfg, TRIAL_ENV)
+    extra = {**TRIAL_ENV, "RAY_ADDRESS": address}
+    if not job_env.get("working_dir"):
+        return init_ray(cfg, extra)
     job_vars = job_env.get("env_vars") or {}
-    env_vars = {k: v for k, v in runtime_env(TRIAL_ENV)["env_vars"].items() if k not in job_vars}
+    env_vars = {k: v for k, v in runtime_env(extra)["env_vars"].items() if k not in job_vars}
     ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
     return f"joined the Ray cluster at {address} as a Ray job (code from the job's working_dir)"
 
