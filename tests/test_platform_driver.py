@@ -115,3 +115,20 @@ def test_readme_starts_with_the_two_commands_and_lists_every_config_key():
 def test_resume_command_pins_the_run_name():
     assert resume_command(["--config", "codetr_tiny", "train.epochs=3", "platform.run_name=old"], "new") == \
         "python -m platform.train --config codetr_tiny train.epochs=3 platform.run_name=new"
+
+
+def test_fit_interruptibly_returns_and_reraises():
+    from platform.train import fit_interruptibly
+
+    class Trainer:
+        def __init__(self, outcome):
+            self.outcome = outcome
+
+        def fit(self):
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return self.outcome
+
+    assert fit_interruptibly(Trainer("result")) == "result"
+    with pytest.raises(RuntimeError, match="worker died"):
+        fit_interruptibly(Trainer(RuntimeError("worker died")))
