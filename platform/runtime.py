@@ -104,7 +104,9 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     if ray.is_initialized():
         return "Ray already initialised"
     address = os.environ.get("RAY_ADDRESS")
-    env = runtime_env(extra_env)
+    # joining a cluster: every process of the job gets its address (Ray Train's PlacementGroupCleaner
+    # otherwise looks the cluster up by scanning the machine and can find another one there)
+    env = runtime_env({**({"RAY_ADDRESS": address} if address else {}), **(extra_env or {})})
     job_env = _job_runtime_env()
     if address and job_env.get("working_dir"):
         # under `ray job submit --working-dir`: the job already ships the repository, and Ray refuses
