@@ -106,3 +106,16 @@ def test_for_inference_costs_exactly_a_k0_model():
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(a[key], b[key])
             torch.testing.assert_close(b[key], c[key])
+
+
+def test_batch_without_any_positive_keeps_every_parameter_in_the_graph():
+    """DDP runs without find_unused_parameters: a batch with no boxes at all must still give every
+    parameter a (zero) gradient, also with the coordinate-feature branch."""
+    model = _model("[atss, faster_rcnn]", "model.with_coord_feat=true")
+    images, _ = _data()
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    losses = model(images, empty)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused[:5]

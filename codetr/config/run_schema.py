@@ -51,7 +51,7 @@ class PlatformConfig:
     experiment_name: str = "codetr"    # MLflow experiment
     max_failures: int = 0              # Ray Train restarts from the last checkpoint after a worker failure
     num_to_keep: int = 2               # checkpoints kept by Ray Train in storage
-    find_unused_parameters: bool = True   # DDP: some heads may not use every parameter in a step
+    find_unused_parameters: bool = False  # DDP: every parameter gets a gradient for any K (tests/test_collaborative.py)
     log_checkpoints: bool = True       # upload the last and the best checkpoint to MLflow
     num_val_images: int = 4            # validation images drawn with predicted and true boxes (MLflow)
 

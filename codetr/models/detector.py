@@ -125,7 +125,7 @@ class CoDETR(nn.Module):
             losses.update({f"{key}/{term}": value for term, value in head_losses.items()})
             if positives.mask.shape[1] == 0:
                 # no positives anywhere in the batch: keep the branch in the graph with zero losses
-                zero = sum(p.sum() for p in self.query_head.aux_pos_trans[idx].parameters()) * 0.0
+                zero = sum(p.sum() for p in self.query_head.positive_branch_parameters(idx)) * 0.0
                 for layer in range(self.cfg.num_decoder_layers):
                     prefix = f"{key}/pos." if layer == self.cfg.num_decoder_layers - 1 else f"{key}/pos.d{layer}."
                     for term in ("loss_cls", "loss_bbox", "loss_giou"):

@@ -202,6 +202,14 @@ class QueryHead(nn.Module):
         pyramid.append(self.downsample(pyramid[-1]))
         return QueryHeadOutput(logits, boxes, enc_logits, enc_boxes_unact.sigmoid(), pyramid, ctx)
 
+    def positive_branch_parameters(self, head_idx: int) -> list[nn.Parameter]:
+        """The parameters only auxiliary head ``head_idx``'s positive queries use."""
+        modules = [self.aux_pos_trans[head_idx], self.aux_pos_trans_norm[head_idx]]
+        if self.with_coord_feat:
+            modules += [self.pos_feats_trans[head_idx], self.pos_feats_norm[head_idx]]
+        params = [p for m in modules for p in m.parameters()]
+        return params + ([self.head_pos_embed.weight] if self.with_coord_feat else [])
+
     def forward_positive(self, ctx: MemoryContext, boxes_cxcywh_norm: Tensor, mask: Tensor, head_idx: int,
                          feats: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Decode one auxiliary head's positives as customized positive queries.
