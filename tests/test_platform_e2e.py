@@ -163,7 +163,7 @@ def test_evaluate_and_predict_clis(trained, tmp_path):
 
 
 def test_ctrl_c_ends_the_mlflow_run_killed(tmp_path):
-    args = _train_args(tmp_path, "interrupted", "train.max_iters=400")
+    args = _train_args(tmp_path, "interrupted", "train.epochs=100", "train.max_iters=400")  # long enough to interrupt
     # its own process group, like a command in a terminal: Ctrl-C signals the whole group
     proc = subprocess.Popen(args, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
