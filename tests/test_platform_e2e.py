@@ -165,8 +165,11 @@ def test_evaluate_and_predict_clis(trained, tmp_path):
 def test_ctrl_c_ends_the_mlflow_run_killed(tmp_path):
     args = _train_args(tmp_path, "interrupted", "train.epochs=100", "train.max_iters=400")  # long enough to interrupt
     # its own process group, like a command in a terminal: Ctrl-C signals the whole group
+    # and SIGINT at its default disposition, as in a terminal: a shell without job control (CI scripts,
+    # `cmd &`) starts children with SIGINT ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen(args, cwd=REPO, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     deadline = time.time() + 480
     try:
