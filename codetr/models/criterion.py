@@ -41,6 +41,12 @@ def _pair_losses(logits: Tensor, boxes_cxcywh_norm: Tensor, batch_idx: Tensor, q
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox + zero, "loss_giou": loss_giou + zero}
 
 
+def layer_prefix(base: str, layer: int, num_layers: int) -> str:
+    """The naming rule of per-layer terms: ``base`` (``"query/"``, ``"atss/pos."``) for the last decoder
+    layer, ``<base>d<i>.`` for the earlier ones."""
+    return base if layer == num_layers - 1 else f"{base}d{layer}."
+
+
 class QueryCriterion:
     """Computes the query head's unweighted losses with the one naming rule:
     ``query/<term>`` for the last decoder layer, ``query/d<i>.<term>`` for earlier ones,
@@ -73,7 +79,7 @@ class QueryCriterion:
         losses: dict[str, Tensor] = {}
         num_layers = logits.shape[0]
         for layer in range(num_layers):
-            prefix = "query/" if layer == num_layers - 1 else f"query/d{layer}."
+            prefix = layer_prefix("query/", layer, num_layers)
             for term, value in self._matched(logits[layer], boxes_cxcywh_norm[layer], gt_labels,
                                              gt_boxes_cxcywh_norm, scales_xyxy, normalizer).items():
                 losses[prefix + term] = value
@@ -97,7 +103,7 @@ class QueryCriterion:
         losses: dict[str, Tensor] = {}
         num_layers = logits.shape[0]
         for layer in range(num_layers):
-            prefix = f"{head_name}/pos." if layer == num_layers - 1 else f"{head_name}/pos.d{layer}."
+            prefix = layer_prefix(f"{head_name}/pos.", layer, num_layers)
             for term, value in _pair_losses(logits[layer], boxes_cxcywh_norm[layer], batch_idx, query_idx,
                                             sel_labels, sel_targets, scales_xyxy, normalizer, self.alpha,
                                             self.gamma, cls_rows=mask).items():

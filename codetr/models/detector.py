@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from codetr.config.schema import ModelConfig
 from codetr.models.backbone import ResNetBackbone
-from codetr.models.criterion import QueryCriterion
+from codetr.models.criterion import QueryCriterion, layer_prefix
 from codetr.models.neck import ChannelMapper
 from codetr.models.query_head import QueryHead
 
@@ -127,7 +127,7 @@ class CoDETR(nn.Module):
                 # no positives anywhere in the batch: keep the branch in the graph with zero losses
                 zero = sum(p.sum() for p in self.query_head.positive_branch_parameters(idx)) * 0.0
                 for layer in range(self.cfg.num_decoder_layers):
-                    prefix = f"{key}/pos." if layer == self.cfg.num_decoder_layers - 1 else f"{key}/pos.d{layer}."
+                    prefix = layer_prefix(f"{key}/pos.", layer, self.cfg.num_decoder_layers)
                     for term in ("loss_cls", "loss_bbox", "loss_giou"):
                         losses[prefix + term] = zero
                 continue
