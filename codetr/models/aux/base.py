@@ -57,6 +57,11 @@ def conv_gn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
                          group_norm(out_channels), nn.ReLU(inplace=True))
 
 
+def conv_gn_tower(channels: int, num_convs: int) -> nn.Sequential:
+    """``num_convs`` stacked :func:`conv_gn_relu` blocks (one branch of an ATSS / FCOS head)."""
+    return nn.Sequential(*[conv_gn_relu(channels, channels) for _ in range(num_convs)])
+
+
 def init_conv_head(module: nn.Module, cls_conv: nn.Conv2d | None = None, prior_prob: float = 0.01) -> None:
     """Reference init: every conv normal(std 0.01) and zero bias; the focal classifier's bias log-odds of prior_prob."""
     for m in module.modules():

@@ -24,7 +24,7 @@ from codetr.config.aux_schema import FCOSConfig
 from codetr.models.aux.anchors import grid_points
 from codetr.models.aux.assigners import fcos_assign
 from codetr.models.aux.atss_head import centerness_target
-from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_relu, flatten_levels,
+from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_tower, flatten_levels,
                                     init_conv_head, positive_normaliser, reduce_mean, targets_to_device)
 from codetr.models.aux.positives import Positives, gather_positives
 
@@ -41,8 +41,8 @@ class FCOSHead(AuxHead):
         self.max_pos = max_pos
         self.strides = list(strides)
         c = in_channels
-        self.cls_convs = nn.Sequential(*[conv_gn_relu(c, c) for _ in range(cfg.stacked_convs)])
-        self.reg_convs = nn.Sequential(*[conv_gn_relu(c, c) for _ in range(cfg.stacked_convs)])
+        self.cls_convs = conv_gn_tower(c, cfg.stacked_convs)
+        self.reg_convs = conv_gn_tower(c, cfg.stacked_convs)
         self.conv_cls = nn.Conv2d(c, num_classes, 3, padding=1)
         self.conv_reg = nn.Conv2d(c, 4, 3, padding=1)
         self.conv_centerness = nn.Conv2d(c, 1, 3, padding=1)
