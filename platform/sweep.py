@@ -19,6 +19,7 @@ are kept, unfinished ones continue from their latest checkpoint into the same ch
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import threading
@@ -89,8 +90,15 @@ def trial_dirname(trial_id: str, values: dict[str, Any]) -> str:
     return "_".join(parts)[:200]
 
 
-def _values(config: dict, keys: list[str]) -> dict[str, Any]:
-    return {k: config[k] for k in keys if k in config}
+GRID_KEY = "grid_point"   # Tune config key of the grid combination (a dict of dotted keys -> values)
+
+
+def trial_values(config: dict, keys: list[str]) -> dict[str, Any]:
+    """The swept values of a trial by dotted key, in ``keys`` order, from its Tune config (the grid
+    combination under GRID_KEY plus the sampled keys); a key the combination leaves out (no effect
+    there, see ``SweepSpec.grid_points``) is absent."""
+    merged = {**config.get(GRID_KEY, {}), **{k: v for k, v in config.items() if k != GRID_KEY}}
+    return {k: merged[k] for k in keys if k in merged}
 
 
 # ------------------------------------------------------------------------------------- one trial
@@ -116,7 +124,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     tune_context = ray.tune.get_context()
     trial_id = tune_context.get_trial_id()
-    values = _values(config, context["keys"])
+    values = trial_values(config, context["keys"])
     cfg = trial_config(context["base"], values)
     run_name = trial_dirname(trial_id, values)
     cfg.platform.run_name = run_name
@@ -191,12 +199,12 @@ def trainable(context: dict[str, Any]):
     return tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": 0, "memory": 1})
 
 
-def _trial_name(trial) -> str:
-    return f"{trial_label(_values(trial.config, list(trial.config)))} ({trial.trial_id})"
+def _trial_name(keys: list[str], trial) -> str:
+    return f"{trial_label(trial_values(trial.config, keys))} ({trial.trial_id})"
 
 
-def _trial_dirname(trial) -> str:
-    return trial_dirname(trial.trial_id, _values(trial.config, list(trial.config)))
+def _trial_dirname(keys: list[str], trial) -> str:
+    return trial_dirname(trial.trial_id, trial_values(trial.config, keys))
 
 
 def build_tune_config(spec):
@@ -218,12 +226,20 @@ def build_tune_config(spec):
         search_alg = HyperOptSearch()
     return tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
                            max_concurrent_trials=spec.max_concurrent_trials, scheduler=scheduler,
-                           search_alg=search_alg, trial_name_creator=_trial_name,
-                           trial_dirname_creator=_trial_dirname)
+                           search_alg=search_alg, trial_name_creator=functools.partial(_trial_name, spec.keys),
+                           trial_dirname_creator=functools.partial(_trial_dirname, spec.keys))
 
 
 def param_space(spec) -> dict[str, Any]:
-    return {key: domain.to_tune() for key, domain in spec.search_space.items()}
+    """The Tune search space: the grid as one grid_search over its distinct combinations
+    (``SweepSpec.grid_points``), the other domains as they are."""
+    from ray import tune
+
+    space = {key: domain.to_tune() for key, domain in spec.search_space.items() if domain.kind != "grid"}
+    points = spec.grid_points()
+    if points:
+        space[GRID_KEY] = tune.grid_search(points)
+    return space
 
 
 def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
@@ -275,7 +291,8 @@ def init_sweep_ray(cfg) -> str:
 
 def describe(spec) -> str:
     lines = [f"sweep {spec.name}: base {spec.base}, metric {spec.metric} ({spec.mode}), "
-             f"{spec.num_grid_points()} grid point(s) x {spec.num_samples} sample(s), "
+             f"{spec.num_grid_points()} distinct grid point(s) (of {spec.num_grid_combinations()} combinations) "
+             f"x {spec.num_samples} sample(s), "
              f"max {spec.max_concurrent_trials or 'unlimited'} concurrent, scheduler {spec.scheduler}",
              f"  storage {spec.storage_path}/{spec.name}, MLflow experiment {spec.experiment_name}"]
     for key, d in spec.search_space.items():
@@ -338,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, value in TRIAL_ENV.items():
         os.environ.setdefault(name, value)
+    from platform.sweep_resources import ReleaseStoppedTrials
     from platform.sweep_tracking import ChildRunStatusCallback
 
+    release_callback = ReleaseStoppedTrials()
     status_callback = ChildRunStatusCallback(
         tracking_uri, experiment_id, parent_run_id,
         spec.scheduler["max_epochs"] if spec.scheduler["type"] == "asha" else None)
@@ -350,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     status, code, tune_results = "FAILED", EXIT_FAILED, {}
     try:
         print(f"[sweep] {init_sweep_ray(base_cfg)}", flush=True)
-        tuner = build_tuner(spec, context, [status_callback], args.resume)
-        if args.resume:   # the restored run config holds a pickled copy of the callback: use this one
+        callbacks = [status_callback, release_callback]
+        tuner = build_tuner(spec, context, callbacks, args.resume)
+        if args.resume:   # the restored run config holds pickled copies of the callbacks: use these
             try:
-                tuner._local_tuner.get_run_config().callbacks = [status_callback]   # noqa: SLF001
+                tuner._local_tuner.get_run_config().callbacks = callbacks   # noqa: SLF001
             except AttributeError:
                 pass
         grid = tuner.fit()
@@ -413,7 +433,8 @@ def _summarize(spec, tracking_uri, experiment_id, parent_run_id, base_dict, tune
                             tune_results)
         best = rows[0] if rows and rows[0].metric is not None else None
         best_config = to_dict(trial_config(base_dict, best.values)) if best else None
-        return log_summary(tracking_uri, parent_run_id, rows, spec.keys, spec.metric, best_config)
+        return log_summary(tracking_uri, parent_run_id, rows, spec.keys, spec.metric, best_config,
+                           spec.compare_epochs(), spec.mode)
     except Exception as e:   # the summary must not hide the sweep's own result
         print(f"[sweep] could not write the summary: {type(e).__name__}: {e}", file=sys.stderr)
         return ""

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +112,45 @@ class SweepSpec:
 
         return absolutize_paths(build_base_config(self.base, self.overrides, self.resources))
 
+    def grid_points(self) -> list[dict[str, Any]]:
+        """The combinations of the grid domains, in file order (the last key varies fastest).
+
+        A key that cannot change a combination's run (``Config.unused_keys``: lambda1 / lambda2
+        without auxiliary heads, the settings of absent heads) is left out of that combination, and
+        combinations that become equal are run once."""
+        grid = {k: d.values for k, d in self.search_space.items() if d.kind == "grid"}
+        if not grid:
+            return []
+        base = to_dict(build_base_config(self.base, self.overrides, self.resources))
+        points, seen = [], set()
+        for combo in itertools.product(*grid.values()):
+            values = dict(zip(grid, combo))
+            cfg = trial_config(base, values)
+            point = {k: v for k, v in values.items() if not cfg.is_unused(k)}
+            ident = json.dumps(point, sort_keys=True)
+            if ident not in seen:
+                seen.add(ident)
+                points.append(point)
+        return points
+
     def num_grid_points(self) -> int:
+        """Distinct grid combinations (1 without grid domains); trials = this x num_samples."""
+        return len(self.grid_points()) or 1
+
+    def compare_epochs(self) -> list[int]:
+        """Epochs after which trials are compared: ASHA's rungs (grace_period x reduction_factor^k)
+        and its maximum; none without a scheduler (every trial runs to the end)."""
+        if self.scheduler["type"] != "asha":
+            return []
+        epochs, t, k = [], self.scheduler["grace_period"], 0
+        while t < self.scheduler["max_epochs"]:
+            epochs.append(int(t))
+            k += 1
+            t = self.scheduler["grace_period"] * self.scheduler["reduction_factor"] ** k
+        return sorted(set(epochs + [int(self.scheduler["max_epochs"])]))
+
+    def num_grid_combinations(self) -> int:
+        """The full product of the grid domains, duplicates included."""
         return math.prod(len(d.values) for d in self.search_space.values() if d.kind == "grid")
 
 

@@ -2,7 +2,10 @@
 
 Artifacts of the parent run:
 
-    summary/results.csv, summary/results.md   one row per trial, sorted by the metric (best first)
+    summary/results.csv, summary/results.md   one row per trial, sorted by the metric (best first), with
+                                              the metric after each comparison epoch (ASHA's rungs)
+    summary/effects.md                        per swept key and value: trials, mean and best metric
+                                              after the first comparison epoch (every trial got there)
     summary/best_config.yaml                  the full config of the best trial
     plots/<metric>_vs_<key>.png               the metric (last evaluation) against each swept key
     plots/coco_AP_over_epochs.png             coco/AP after every evaluated epoch, one line per trial
@@ -13,7 +16,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -36,9 +39,15 @@ class TrialRow:
     iterations: int | None
     extra: dict[str, float]        # a few more final metrics (coco/AP50, train/loss)
     curve: list[tuple[int, float]]  # (epoch, coco/AP)
+    history: list[tuple[int, float]] = field(default_factory=list)   # (epoch, metric)
+
+    def metric_at(self, epoch: int) -> float | None:
+        return dict(self.history).get(epoch)
 
 
 def format_value(value: Any) -> str:
+    if value is None:   # a swept key that had no effect on this trial (e.g. lambda1 with K = 0)
+        return "-"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(str(v) for v in value) + "]"
     if isinstance(value, float):
@@ -69,37 +78,69 @@ def collect_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, keys
         m = dict(run.data.metrics)
         values = json.loads(run.data.tags.get(VALUES_TAG, "{}"))
         if metric in m:
-            history = [v for _, v in _epoch_curve(client, run.info.run_id, metric)]
+            by_epoch = _epoch_curve(client, run.info.run_id, metric)
         else:
             seen = (tune_results or {}).get(run.data.tags.get(TRIAL_ID_TAG, ""), [])
-            history = [r[metric] for r in seen if metric in r]
-            if history:
-                m[metric] = history[-1]
+            by_epoch = [(int(r.get("epoch", i + 1)), r[metric]) for i, r in enumerate(seen) if metric in r]
+            if by_epoch:
+                m[metric] = by_epoch[-1][1]
+        history = [v for _, v in by_epoch]
         best = (max(history) if mode == "max" else min(history)) if history else None
         done = client.get_metric_history(run.info.run_id, "train/epochs_done")
         rows.append(TrialRow(
             trial=run.info.run_name, run_id=run.info.run_id, status=run.info.status,
-            end=run.data.tags.get(END_TAG, ""), values={k: values.get(k) for k in keys},
+            end=run.data.tags.get(END_TAG, ""), values={k: values[k] for k in keys if k in values},
             metric=m.get(metric), best=best,
             epochs=int(max(d.value for d in done)) if done else None,
             iterations=max(d.step for d in done) if done else None,
             extra={k: m[k] for k in ("coco/AP50", "train/loss") if k in m},
-            curve=_epoch_curve(client, run.info.run_id, CURVE_METRIC) if CURVE_METRIC in m else []))
+            curve=_epoch_curve(client, run.info.run_id, CURVE_METRIC) if CURVE_METRIC in m else [],
+            history=by_epoch))
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(key=lambda r: (r.metric is None or math.isnan(r.metric), sign * (r.metric or 0.0)))
     return rows
 
 
-def table(rows: list[TrialRow], keys: list[str], metric: str) -> tuple[list[str], list[list[str]]]:
-    header = ["rank", "trial", *keys, metric, f"best {metric}", "coco/AP50", "train/loss", "epochs", "iterations",
-              "status", "end", "mlflow_run_id"]
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def table(rows: list[TrialRow], keys: list[str], metric: str,
+          at_epochs: list[int] | tuple[int, ...] = ()) -> tuple[list[str], list[list[str]]]:
+    """One row per trial; ``at_epochs``: extra columns with the metric after those epochs (the
+    fair comparison between trials that ran for different lengths)."""
+    header = ["rank", "trial", *keys, metric, f"best {metric}", *(f"{metric} @ epoch {e}" for e in at_epochs),
+              "coco/AP50", "train/loss", "epochs", "iterations", "status", "end", "mlflow_run_id"]
     body = []
     for i, r in enumerate(rows, 1):
-        num = lambda v: "" if v is None else f"{v:.4f}"   # noqa: E731
+        num = _num
         body.append([str(i), r.trial, *(format_value(r.values.get(k)) for k in keys), num(r.metric), num(r.best),
+                     *(num(r.metric_at(e)) for e in at_epochs),
                      num(r.extra.get("coco/AP50")), num(r.extra.get("train/loss")),
                      "" if r.epochs is None else str(r.epochs), "" if r.iterations is None else str(r.iterations),
                      r.status, r.end, r.run_id])
+    return header, body
+
+
+def effects(rows: list[TrialRow], keys: list[str], metric: str, epoch: int,
+            mode: str = "max") -> tuple[list[str], list[list[str]]]:
+    """Per swept key and value: how many trials have the metric after ``epoch``, its mean and best.
+
+    Rows whose key had no effect (value ``-``) are kept, as their own group."""
+    header = ["key", "value", "trials", f"mean {metric} @ epoch {epoch}", f"best {metric} @ epoch {epoch}"]
+    body = []
+    pick = max if mode == "max" else min
+    for key in keys:
+        groups: dict[str, list[float]] = {}
+        for r in rows:
+            value = r.metric_at(epoch)
+            groups.setdefault(format_value(r.values.get(key)), [])
+            if value is not None and not math.isnan(value):
+                groups[format_value(r.values.get(key))].append(value)
+        for label in sorted(groups, key=lambda s: (s == "-", s.count(",") + (s not in ("[]", "")), s)):
+            vals = groups[label]
+            body.append([key, label, str(len(vals)), _num(sum(vals) / len(vals) if vals else None),
+                         _num(pick(vals) if vals else None)])
     return header, body
 
 
@@ -128,7 +169,9 @@ def plot_metric_vs_key(rows: list[TrialRow], key: str, metric: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(r.values.get(key), r.metric, r.end) for r in rows if r.metric is not None]
+    # trials where the key had no effect (value None, e.g. lambda1 with K = 0) have no x position
+    points = [(r.values.get(key), r.metric, r.end) for r in rows
+              if r.metric is not None and r.values.get(key) is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _, _ in points)
     if numeric:
@@ -176,18 +219,22 @@ def plot_curves(rows: list[TrialRow]):
 
 
 def log_summary(tracking_uri: str, parent_run_id: str, rows: list[TrialRow], keys: list[str], metric: str,
-                best_config: dict | None) -> str:
+                best_config: dict | None, at_epochs: list[int] | tuple[int, ...] = (), mode: str = "max") -> str:
     """Write the summary artifacts of ``rows`` (from :func:`collect_rows`) into the parent run.
 
-    Returns the Markdown table."""
+    Returns the Markdown of the results table and (with ``at_epochs``) the effects table."""
     import matplotlib.pyplot as plt
     import yaml
 
     client = MlflowClient(tracking_uri)
-    header, body = table(rows, keys, metric)
+    header, body = table(rows, keys, metric, at_epochs)
     markdown = to_markdown(header, body)
     client.log_text(parent_run_id, to_csv(header, body), "summary/results.csv")
     client.log_text(parent_run_id, markdown, "summary/results.md")
+    if at_epochs:
+        effect_md = to_markdown(*effects(rows, keys, metric, at_epochs[0], mode))
+        client.log_text(parent_run_id, effect_md, "summary/effects.md")
+        markdown += f"\nBy swept value, after epoch {at_epochs[0]} (every trial got there):\n\n{effect_md}"
     for key in keys:
         fig = plot_metric_vs_key(rows, key, metric)
         try:

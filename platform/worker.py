@@ -105,6 +105,7 @@ class _Reporter:
     def on_epoch_end(self, report) -> None:
         import ray.train
         from ray.train import Checkpoint
+        from ray.util import get_current_placement_group
 
         if self.rank == 0:
             coco = {k: v for k, v in report.metrics.items() if k.startswith("coco/")}
@@ -119,6 +120,9 @@ class _Reporter:
         # what Tune schedulers and Ray's result see: the headline metrics (not the per-class APs)
         metrics.update({k: v for k, v in report.metrics.items()
                         if (k.startswith("coco/") and k.count("/") == 1) or k == "train/loss"})
+        group = get_current_placement_group()
+        if group is not None:   # a sweep releases the group of a trial it stops (platform.sweep_resources)
+            metrics["placement_group_id"] = group.id.hex()
         checkpoint = Checkpoint.from_directory(str(report.checkpoint_dir)) if report.checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 

@@ -119,3 +119,21 @@ def test_batch_without_any_positive_keeps_every_parameter_in_the_graph():
     sum(losses.values()).backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, unused[:5]
+
+
+def test_keys_reported_unused_do_not_change_the_model_or_its_losses():
+    """``Config.unused_keys`` (a sweep runs such combinations once) must be truly inert: with K = 0,
+    lambda1 / lambda2 / the aux heads' settings leave parameters and losses unchanged."""
+    cfg = load_config("experiments/codetr_tiny.yaml", SMALL + ["model.aux_heads=[]"])
+    assert cfg.is_unused("model.lambda1") and cfg.is_unused("model.lambda2")
+    assert cfg.is_unused("model.aux.atss.topk") and not cfg.is_unused("model.num_queries")
+    images, targets = _data()
+    totals = []
+    for extra in ([], ["model.lambda1=0.25", "model.lambda2=4.0", "model.aux.atss.topk=3",
+                       "model.aux.faster_rcnn.fc_dims=32", "model.max_pos_queries=5"]):
+        model = _model("[]", *extra)
+        totals.append((sum(p.numel() for p in model.parameters()), float(sum(model(images, targets).values()))))
+    assert totals[0] == totals[1]
+    with_heads = load_config("experiments/codetr_tiny.yaml", SMALL + ["model.aux_heads=[atss]"])
+    assert with_heads.is_unused("model.aux.faster_rcnn.fc_dims") and not with_heads.is_unused("model.aux.atss.topk")
+    assert not with_heads.is_unused("model.lambda1") and not with_heads.is_unused("model.lambda2")

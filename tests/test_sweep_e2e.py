@@ -29,7 +29,8 @@ pytestmark = pytest.mark.slow
 SMALL = ["data.augment.scales=[96]", "data.augment.max_size=96", "data.augment.crop_prob=0",
          "data.augment.eval_scale=96", "data.augment.eval_max_size=96", "data.synthetic.num_train=8",
          "data.synthetic.num_val=2", "data.num_workers=0", "train.log_every=1", "platform.num_val_images=1",
-         "model.num_queries=20", "train.epochs=2", "train.lr_steps=[2]", "scheduler.max_epochs=2"]
+         "model.num_queries=20", "train.epochs=2", "train.lr_steps=[2]", "scheduler.max_epochs=2",
+         "scheduler.reduction_factor=2"]
 
 
 def _free_port() -> int:

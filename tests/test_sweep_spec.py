@@ -1,15 +1,16 @@
 """The sweep file: validation before Ray starts (errors name the field or key), trial names, the summary table."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from codetr.config import ConfigError
-from platform.sweep import trial_dirname, trial_label
+from platform.sweep import GRID_KEY, trial_dirname, trial_label, trial_values
 from platform.sweep_spec import parse_sweep
-from platform.sweep_summary import TrialRow, table, to_csv, to_markdown
+from platform.sweep_summary import TrialRow, effects, table, to_csv, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "experiments" / "sweep_tiny.yaml"
@@ -28,13 +29,14 @@ def test_shipped_sweep_files_validate():
     tiny = parse_sweep(TINY)
     assert tiny.keys == ["model.aux_heads", "model.lambda1", "model.lambda2", "model.num_queries"]
     assert [len(v) for v in tiny.search_space["model.aux_heads"].values] == [0, 1, 2]
-    assert tiny.num_grid_points() == 24 and tiny.scheduler["type"] == "asha"
+    assert tiny.num_grid_combinations() == 24 and tiny.num_grid_points() == 18 and tiny.scheduler["type"] == "asha"
     assert tiny.base_config().platform.num_workers == 1 and not tiny.base_config().platform.use_gpu
     paper = parse_sweep(REPO / "experiments" / "sweep.yaml")
     assert paper.search_space["model.lambda1"].values == [0.25, 0.5, 1.0, 2.0]
     assert paper.search_space["model.lambda2"].values == [1.0, 2.0, 3.0, 4.0]
     assert paper.search_space["model.num_queries"].values == [300, 900]
-    assert paper.num_grid_points() == 96 and paper.base_config().platform.use_gpu
+    assert paper.num_grid_combinations() == 96 and paper.num_grid_points() == 2 + 32 + 32
+    assert paper.base_config().platform.use_gpu
 
 
 def test_defaults_metric_and_mode(tmp_path):
@@ -105,3 +107,53 @@ def test_summary_table_is_sorted_as_given_and_formats_values():
     assert body[1][2:4] == ["[]", ""]
     assert to_csv(header, body).splitlines()[1].startswith("1,K=2[atss+faster_rcnn],\"[atss, faster_rcnn]\",0.2500")
     assert to_markdown(header, body).count("\n") == 4
+
+
+def test_grid_runs_combinations_that_differ_only_in_unused_keys_once(tmp_path):
+    space = {"model.aux_heads": {"grid": [[], ["atss"], ["faster_rcnn"]]}, "model.lambda2": {"grid": [1.0, 2.0]},
+             "model.aux.atss.topk": {"grid": [5, 9]}, "model.num_queries": {"grid": [10, 20]}}
+    spec = parse_sweep(_write(tmp_path, search_space=space))
+    points = spec.grid_points()
+    assert spec.num_grid_combinations() == 24 and spec.num_grid_points() == len(points) == 2 + 8 + 4
+    assert [p for p in points if p["model.aux_heads"] == []] == [
+        {"model.aux_heads": [], "model.num_queries": 10}, {"model.aux_heads": [], "model.num_queries": 20}]
+    assert all(set(p) == set(space) for p in points if p["model.aux_heads"] == ["atss"])
+    assert all("model.aux.atss.topk" not in p and "model.lambda2" in p
+               for p in points if p["model.aux_heads"] == ["faster_rcnn"])
+    assert len({json.dumps(p, sort_keys=True) for p in points}) == len(points)
+
+
+def test_trial_values_merge_the_grid_point_in_key_order():
+    config = {"train.lr": 1e-4, GRID_KEY: {"model.aux_heads": [], "model.num_queries": 30}}
+    keys = ["model.aux_heads", "model.lambda1", "model.num_queries", "train.lr"]
+    values = trial_values(config, keys)
+    assert list(values) == ["model.aux_heads", "model.num_queries", "train.lr"]
+    assert trial_label(values) == "K=0[] num_queries=30 lr=0.0001"
+
+
+def test_compare_epochs_are_the_asha_rungs(tmp_path):
+    spec = parse_sweep(_write(tmp_path, scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 3,
+                                                   "max_epochs": 9}))
+    assert spec.compare_epochs() == [1, 3, 9]
+    assert parse_sweep(_write(tmp_path, scheduler={"type": "none"})).compare_epochs() == []
+
+
+def test_summary_columns_at_compare_epochs_and_effects():
+    rows = [TrialRow("K=1 l1=0.5", "a", "FINISHED", "finished", {"model.aux_heads": ["atss"], "model.lambda1": 0.5},
+                     0.30, 0.30, 3, 240, {}, [], history=[(1, 0.10), (2, 0.20), (3, 0.30)]),
+            TrialRow("K=1 l1=1", "b", "KILLED", "stopped_early", {"model.aux_heads": ["atss"], "model.lambda1": 1.0},
+                     0.06, 0.06, 1, 80, {}, [], history=[(1, 0.06)]),
+            TrialRow("K=0", "c", "KILLED", "stopped_early", {"model.aux_heads": []}, 0.02, 0.02, 1, 80, {}, [],
+                     history=[(1, 0.02)])]
+    keys = ["model.aux_heads", "model.lambda1"]
+    header, body = table(rows, keys, "coco/AP", [1, 3])
+    assert header[6:8] == ["coco/AP @ epoch 1", "coco/AP @ epoch 3"]
+    assert [r[6:8] for r in body] == [["0.1000", "0.3000"], ["0.0600", ""], ["0.0200", ""]]
+    assert body[2][3] == "-"            # lambda1 had no effect without auxiliary heads
+    header, body = effects(rows, keys, "coco/AP", 1)
+    assert header[2:] == ["trials", "mean coco/AP @ epoch 1", "best coco/AP @ epoch 1"]
+    assert body == [["model.aux_heads", "[]", "1", "0.0200", "0.0200"],
+                    ["model.aux_heads", "[atss]", "2", "0.0800", "0.1000"],
+                    ["model.lambda1", "0.5", "1", "0.1000", "0.1000"],
+                    ["model.lambda1", "1", "1", "0.0600", "0.0600"],
+                    ["model.lambda1", "-", "1", "0.0200", "0.0200"]]

@@ -97,6 +97,15 @@ class ModelConfig:
         check_range(self.lambda2 >= 0, f"{p}.lambda2", f"must be >= 0, got {self.lambda2}")
         self.aux.validate(f"{p}.aux")
 
+    def unused_keys(self) -> list[str]:
+        """Keys (relative to ``model``) that cannot change this model: the settings of auxiliary
+        heads it does not have, and with no head at all the positive-query branch and both lambdas
+        (a sweep runs such combinations once)."""
+        out = [f"aux.{name}" for name in sorted(AUX_HEAD_TYPES) if name not in self.aux_heads]
+        if not self.aux_heads:
+            out += ["lambda1", "lambda2", "max_pos_queries", "with_coord_feat"]
+        return out
+
 
 @dataclass
 class Config:
@@ -104,3 +113,10 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
+
+    def unused_keys(self) -> list[str]:
+        """Dotted keys (and key prefixes) whose values cannot change a run of this config."""
+        return [f"model.{key}" for key in self.model.unused_keys()]
+
+    def is_unused(self, key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in self.unused_keys())
