@@ -157,9 +157,10 @@ def _exit_when_stopped(fitted: threading.Event) -> None:
     """When Tune stops this trial (ASHA) while its TorchTrainer still runs, end this process.
 
     Tune only signals the function's session and drops the trial actor later, so the trial's Train
-    controller and workers would go on training, holding their CPUs / GPUs (a placement group the
-    next trial waits for). Exiting the trial actor takes its Train controller, workers and their
-    placement group down with it at once.
+    controller and workers would go on training, holding their CPUs / GPUs. Exiting the trial actor
+    takes its Train controller and workers down with it at once; their placement group outlives
+    them (Ray keeps it while the job runs) and is removed by the driver
+    (:mod:`platform.sweep_resources`).
     """
     from ray.train._internal.session import get_session
 
@@ -316,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     print(f"[sweep] {describe(spec)}", flush=True)
     if args.dry_run:
+        points = spec.grid_points()
+        sampled = [k for k, d in spec.search_space.items() if d.kind != "grid"]
+        print(f"[sweep] {len(points) or 1} grid point(s) x {spec.num_samples} sample(s)"
+              + (f", {', '.join(sampled)} sampled per trial" if sampled else "") + ":")
+        for i, point in enumerate(points, 1):
+            print(f"  {i:3d}. {trial_label(point)}")
         return EXIT_OK
 
     sweep_dir = f"{spec.storage_path.rstrip('/')}/{spec.name}"

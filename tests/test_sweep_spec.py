@@ -157,3 +157,16 @@ def test_summary_columns_at_compare_epochs_and_effects():
                     ["model.lambda1", "0.5", "1", "0.1000", "0.1000"],
                     ["model.lambda1", "1", "1", "0.0600", "0.0600"],
                     ["model.lambda1", "-", "1", "0.0200", "0.0200"]]
+
+
+def test_dry_run_lists_the_trials_without_starting_ray(capsys):
+    from platform.sweep import main
+
+    assert main([str(TINY), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split(". ", 1)[1] for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(listed) == 18 and len(set(listed)) == 18
+    assert listed[:2] == ["K=0[] num_queries=30", "K=0[] num_queries=50"]
+    assert "K=2[atss+faster_rcnn] lambda1=0.5 lambda2=2 num_queries=50" in listed
+    assert main([str(TINY), "--dry-run", "search_space.model.lamda1={grid: [1.0]}"]) == 2
+    assert "'model.lamda1' is not a config key (did you mean 'model.lambda1'?)" in capsys.readouterr().err
