@@ -198,23 +198,40 @@ def plot_metric_vs_key(rows: list[TrialRow], key: str, metric: str):
     return fig
 
 
-def plot_curves(rows: list[TrialRow]):
+def plot_curves(rows: list[TrialRow], keys: list[str] | None = None):
+    """coco/AP after every evaluated epoch, one line per trial; with a swept head list, one colour
+    per K (line styles tell the trials of a K apart), the legend beside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
-        if r.curve:
-            ax.plot([e for e, _ in r.curve], [v for _, v in r.curve], marker="o", label=r.trial)
+    heads_key = next((k for k in keys or [] if k.endswith("aux_heads")), None)
+    groups = sorted({format_value(r.values.get(heads_key)) for r in rows}, key=lambda s: (s.count(",") + (s != "[]"), s))
+    colours = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        if not r.curve:
+            continue
+        if heads_key is None:
+            colour, style = colours(i % 10), styles[(i // 10) % len(styles)]
+        else:
+            group = format_value(r.values.get(heads_key))
+            n = seen[group] = seen.get(group, -1) + 1
+            colour, style = colours(groups.index(group) % 10), styles[n % len(styles)]
+        ax.plot([e for e, _ in r.curve], [v for _, v in r.curve], marker="o", color=colour, linestyle=style,
+                label=r.trial)
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel(CURVE_METRIC)
-    ax.set_title(f"{CURVE_METRIC} over epochs, every trial", fontsize=10)
+    title = f"{CURVE_METRIC} over epochs, every trial" + (" (colour: K)" if heads_key else "")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     if any(r.curve for r in rows):
-        ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.subplots_adjust(left=0.07, right=0.64, bottom=0.11, top=0.92)   # the legend goes right of the axes
     return fig
 
 
@@ -241,7 +258,7 @@ def log_summary(tracking_uri: str, parent_run_id: str, rows: list[TrialRow], key
             client.log_figure(parent_run_id, fig, f"plots/{_safe(metric)}_vs_{_safe(key)}.png")
         finally:
             plt.close(fig)
-    fig = plot_curves(rows)
+    fig = plot_curves(rows, keys)
     try:
         client.log_figure(parent_run_id, fig, f"plots/{_safe(CURVE_METRIC)}_over_epochs.png")
     finally:
