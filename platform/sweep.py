@@ -118,7 +118,9 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from platform import tracking
     from platform.runtime import build_trainer
     from platform.sweep_spec import trial_config
-    from platform.sweep_tracking import open_child_run
+    from mlflow.tracking import MlflowClient
+
+    from platform.sweep_tracking import end_child, open_child_run
     from platform.train import derived_params
     from platform.worker import make_loop_config
 
@@ -149,7 +151,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     build_trainer(cfg, loop_config, run_name, callbacks=[TuneReportCallback()]).fit()
     # Only a completed run is closed here: a trial that Tune stops (ASHA) or that fails is closed by
     # ChildRunStatusCallback in the sweep driver.
-    tracking.end_run(tracking_uri, run_id, "FINISHED")
+    end_child(MlflowClient(tracking_uri), run_id, "FINISHED", "finished")
     fitted.set()
 
 

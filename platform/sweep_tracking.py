@@ -6,7 +6,8 @@ name (running the sweep again with ``--resume`` reopens it). Each trial's driver
 ``sweep.trial_id`` and ``sweep.values`` (the sampled values as JSON), and logs the same params and
 config artifact as a single run; the Ray Train workers log metrics and artifacts into it by id.
 
-Who ends a child run: the trial function marks it FINISHED when its TorchTrainer completes. Tune
+Who ends a child run: the trial function marks it FINISHED (``sweep.end = finished``) when its
+TorchTrainer completes (the driver callback then leaves it as it is). Tune
 kills the trial function of a trial that ASHA stops or that fails, so :class:`ChildRunStatusCallback`
 (a Tune callback in the sweep driver) ends those: KILLED with ``sweep.end = stopped_early`` for an
 ASHA stop, FAILED for an error, KILLED with ``sweep.end = interrupted`` for trials still running
@@ -92,8 +93,8 @@ class ChildRunStatusCallback(_tune_callback_base()):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         client, run_id = self._child(trial)
-        if run_id is None:
-            return
+        if run_id is None or client.get_run(run_id).info.status != RUNNING:
+            return   # the trial function closed it: its Train run completed (FINISHED)
         result = trial.last_result or {}
         epoch = result.get("epoch")
         if result.get("finished"):

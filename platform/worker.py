@@ -88,6 +88,19 @@ def _load_start_checkpoint(resume_from: str | None) -> tuple[dict | None, str | 
     return None, None
 
 
+def train_report(epoch: int, iteration: int, finished: bool, metrics: dict[str, float]) -> dict[str, Any]:
+    """What ``ray.train.report`` gets after an epoch (Tune schedulers and Ray's result see it): the
+    position, the headline metrics (not the per-class APs) and the workers' placement group."""
+    from ray.util import get_current_placement_group
+
+    out: dict[str, Any] = {"epoch": epoch, "iteration": iteration, "finished": finished}
+    out.update({k: v for k, v in metrics.items() if (k.startswith("coco/") and k.count("/") == 1) or k == "train/loss"})
+    group = get_current_placement_group()
+    if group is not None:   # a sweep releases the group of a trial it stops (platform.sweep_resources)
+        out["placement_group_id"] = group.id.hex()
+    return out
+
+
 class _Reporter:
     """The loop hooks of the platform: MLflow (rank 0), progress lines (rank 0), ray.train.report (all)."""
 
@@ -105,7 +118,6 @@ class _Reporter:
     def on_epoch_end(self, report) -> None:
         import ray.train
         from ray.train import Checkpoint
-        from ray.util import get_current_placement_group
 
         if self.rank == 0:
             coco = {k: v for k, v in report.metrics.items() if k.startswith("coco/")}
@@ -116,15 +128,9 @@ class _Reporter:
                     f"(iter {report.iteration}): {line}")
             if self.logger is not None:
                 self._log_epoch(report, coco)
-        metrics = {"epoch": report.epoch, "iteration": report.iteration, "finished": report.finished}
-        # what Tune schedulers and Ray's result see: the headline metrics (not the per-class APs)
-        metrics.update({k: v for k, v in report.metrics.items()
-                        if (k.startswith("coco/") and k.count("/") == 1) or k == "train/loss"})
-        group = get_current_placement_group()
-        if group is not None:   # a sweep releases the group of a trial it stops (platform.sweep_resources)
-            metrics["placement_group_id"] = group.id.hex()
         checkpoint = Checkpoint.from_directory(str(report.checkpoint_dir)) if report.checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(train_report(report.epoch, report.iteration, report.finished, report.metrics),
+                         checkpoint=checkpoint)
 
     def _log_epoch(self, report, coco: dict[str, float]) -> None:
         from codetr.engine import CHECKPOINT_FILE
@@ -262,7 +268,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             say(f"{PROGRESS_PREFIX} {run_name}  {world_size} worker(s) on {num_nodes} node(s), {device}, "
                 f"{len(train_ds)} train / {len(val_ds)} val images, {iters_per_epoch} iterations per epoch, "
                 f"{loop.total_iters} in all")
-        loop.run()
+        if loop.iteration >= loop.total_iters:
+            # resumed from the checkpoint of the last epoch (stopped before its result was taken):
+            # nothing to train, but the caller (e.g. a Tune trial) still gets the final result
+            if rank == 0:
+                say(f"{PROGRESS_PREFIX} {run_name}  already at the end of its schedule: reporting its final result")
+            ray.train.report(train_report(loop.epoch, loop.iteration, True, state.get("metrics") or {}))
+        else:
+            loop.run()
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"

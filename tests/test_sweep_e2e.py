@@ -149,6 +149,8 @@ def test_interrupted_sweep_resumes(head):
     args = _sweep_args(workdir, "resume", "data.batch_size=4", "max_concurrent_trials=1", "scheduler.type=none",
                        "search_space={model.lambda1: {grid: [0.5, 1.0]}}")
     cmd = [sys.executable, "-m", "platform.sweep", *args]
+    # create the store's schema now: the polling below must not race the sweep to create it
+    MlflowClient(tracking_uri).search_experiments()
     log = workdir / "resume_first.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -179,6 +181,8 @@ def test_interrupted_sweep_resumes(head):
     assert parent_after.info.run_id == parent.info.run_id and parent_after.info.status == "FINISHED"
     assert len(children_after) == 2
     assert {c.info.status for c in children_after} == {"FINISHED"}, output
+    # a trial interrupted after its last epoch's checkpoint still reports its end on resume
+    assert {c.data.tags["sweep.end"] for c in children_after} == {"finished"}, output
     for child in children_after:
         assert child.data.metrics["train/epochs_done"] == 2
         if child.info.run_id in interrupted:   # the same MLflow run, continued from its Ray Train checkpoint
