@@ -16,6 +16,7 @@ when the sweep itself is interrupted.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from mlflow.entities import RunStatus
@@ -106,8 +107,16 @@ class ChildRunStatusCallback(_tune_callback_base()):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         client, run_id = self._child(trial)
-        if run_id is not None:
-            end_child(client, run_id, "FAILED", "failed", str(getattr(trial, "error_file", "") or ""))
+        if run_id is None:
+            return
+        path = str(getattr(trial, "error_file", "") or "")
+        note = path
+        if path and os.path.isfile(path):   # the traceback goes with the run; the note is its last line
+            client.log_artifact(run_id, path, "error")
+            lines = [ln.strip() for ln in open(path, errors="replace").read().splitlines() if ln.strip()]
+            if lines:
+                note = f"{lines[-1]} (traceback: artifact error/{os.path.basename(path)})"
+        end_child(client, run_id, "FAILED", "failed", note)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         # anything still running here was cut short by an interrupted sweep (Ctrl-C, ray job stop)

@@ -187,3 +187,30 @@ def test_interrupted_sweep_resumes(head):
         assert child.data.metrics["train/epochs_done"] == 2
         if child.info.run_id in interrupted:   # the same MLflow run, continued from its Ray Train checkpoint
             assert child.data.tags.get("platform.resumed_from", "").startswith("ray:"), child.data.tags
+
+
+def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
+    """A config that validates but cannot train (a batch larger than the 8-image training set) fails
+    in its Ray Train worker: that child run ends FAILED with the error noted, the other trial finishes."""
+    workdir = head["workdir"]
+    tracking_uri = f"sqlite:///{workdir}/mlflow.db"
+    env = dict(head["env"], RAY_ADDRESS=head["gcs_address"], MLFLOW_TRACKING_URI=tracking_uri)
+    args = _sweep_args(workdir, "failing", "scheduler.type=none", "train.epochs=1", "train.lr_steps=[1]",
+                       "search_space={data.batch_size: {grid: [4, 16]}}")
+    proc = subprocess.run([sys.executable, "-m", "platform.sweep", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    output = proc.stdout[-8000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, output
+    assert "1 of 2 trial(s) failed" in proc.stdout, output
+    client, parent, children = _parent_and_children(tracking_uri, "failing")
+    assert parent.info.status == "FINISHED"
+    by_batch = {json.loads(c.data.tags["sweep.values"])["data.batch_size"]: c for c in children}
+    assert (by_batch[4].info.status, by_batch[4].data.tags["sweep.end"]) == ("FINISHED", "finished")
+    failed = by_batch[16]
+    assert (failed.info.status, failed.data.tags["sweep.end"]) == ("FAILED", "failed"), output
+    assert failed.data.tags["sweep.end_note"].startswith("ValueError: the training set (8 images) gives no full "
+                                                         "batch of 16"), failed.data.tags["sweep.end_note"]
+    assert "error/error.txt" in _artifacts(client, failed.info.run_id)
+    table = client.download_artifacts(parent.info.run_id, "summary/results.csv", str(workdir))
+    rows = Path(table).read_text().splitlines()[1:]
+    assert [r.split(",")[2] for r in rows] == ["4", "16"] and rows[1].split(",")[-2] == "failed"
