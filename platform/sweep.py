@@ -32,7 +32,7 @@ TRAIN_RUNS_DIR = "train_runs"     # under <storage>/<sweep name>/: the Ray Train
 TRIAL_ENV = {
     # epochs without an evaluation report no coco/*: ASHA waits for the next one instead of Tune failing
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    # a trial's workers may wait for a stopped trial's resources to be released (Train's default: 60 s)
+    # a trial's workers may wait for an ended trial's resources to be released (Train's default: 60 s)
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
 }
 
@@ -268,9 +268,8 @@ def init_sweep_ray(cfg) -> str:
       and Ray refuses a second ``working_dir`` from ``ray.init`` ("Failed to merge the Job's
       runtime env"), so only env vars are added.
     - ``RAY_ADDRESS`` goes to every process of the job: Ray Train's detached PlacementGroupCleaner
-      (which frees the resources of a Tune-stopped trial) otherwise looks the cluster up by scanning
-      the machine's processes, and with several Ray clusters on one machine it finds the wrong one
-      and never frees them.
+      otherwise looks the cluster up by scanning the machine's processes and may find the wrong one
+      (the driver frees an ended trial's resources itself anyway: :mod:`platform.sweep_resources`).
     """
     import json
 
@@ -364,10 +363,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for name, value in TRIAL_ENV.items():
         os.environ.setdefault(name, value)
-    from platform.sweep_resources import ReleaseStoppedTrials
+    from platform.sweep_resources import ReleaseTrialResources
     from platform.sweep_tracking import ChildRunStatusCallback
 
-    release_callback = ReleaseStoppedTrials()
+    release_callback = ReleaseTrialResources()
     status_callback = ChildRunStatusCallback(
         tracking_uri, experiment_id, parent_run_id,
         spec.scheduler["max_epochs"] if spec.scheduler["type"] == "asha" else None)

@@ -1,17 +1,18 @@
-"""Give a Tune-stopped trial's CPUs / GPUs back to the cluster.
+"""Give an ended trial's CPUs / GPUs back to the cluster.
 
 A trial's Ray Train run reserves its workers' resources in a placement group that Train creates
-from its controller actor. When ASHA stops a trial, the trial process ends (``platform.sweep``)
-and takes the controller and workers down, but Ray removes a placement group only once both its
-creating actor and its job are gone, and the job (the sweep) is still running. Ray Train leaves
-that removal to a detached cleaner actor that polls the state API; where that API is slow or
-ambiguous (several Ray instances on one machine) it never happens, and the next trials wait
-forever for CPUs that nobody uses.
+from its controller actor. Tune ends a trial's process as soon as the trial is over (finished,
+stopped by ASHA, failed), which takes the Train controller down, often before it has removed the
+group itself; and Ray removes a placement group only once both its creating actor and its job are
+gone, while the job (the sweep) goes on. Ray Train leaves that removal to a detached cleaner actor
+that polls the state API; where that API cannot reach the cluster (a stale
+``/tmp/ray/ray_current_cluster`` from an earlier ``ray start``, several Ray instances on one
+machine) the cleaner dies and the next trials wait forever for CPUs that nobody uses.
 
 So the workers report their placement group's id with every result (``PLACEMENT_GROUP_KEY``), and
-:class:`ReleaseStoppedTrials` (a Tune callback in the sweep driver) removes the group of every
-trial that Tune stopped before it finished, a few seconds after the stop, once the trial process
-has exited (so its controller cannot start a replacement group).
+:class:`ReleaseTrialResources` (a Tune callback in the sweep driver) removes the group of every
+trial that ended, a few seconds after the end, once the trial process has exited (so its
+controller cannot start a replacement group). A group already removed is left alone.
 """
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def release_placement_group(pg_hex: str) -> bool:
     return True
 
 
-class ReleaseStoppedTrials(Callback):
-    """Tune callback: remove the placement group of each trial stopped before its run finished."""
+class ReleaseTrialResources(Callback):
+    """Tune callback: remove the placement group of each trial that ended (any reason)."""
 
     def __init__(self, delay_s: float = RELEASE_DELAY_S):
         self.delay_s = delay_s
@@ -57,12 +58,16 @@ class ReleaseStoppedTrials(Callback):
         if pg_hex:
             self.groups[trial.trial_id] = pg_hex
 
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        if (trial.last_result or {}).get("finished"):
-            return   # the Train run ended normally and removed its group itself
-        pg_hex = self.groups.get(trial.trial_id)
+    def _ended(self, trial) -> None:
+        pg_hex = self.groups.pop(trial.trial_id, None)
         if pg_hex:
             self.pending.append((time.monotonic() + self.delay_s, trial.trial_id, pg_hex))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._ended(trial)    # finished, or stopped by the scheduler
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._ended(trial)
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         now, waiting = time.monotonic(), []
@@ -73,7 +78,7 @@ class ReleaseStoppedTrials(Callback):
             try:
                 if release_placement_group(pg_hex):
                     self.released.append(trial_id)
-                    print(f"[sweep] released the resources of stopped trial {trial_id} "
+                    print(f"[sweep] released the resources of ended trial {trial_id} "
                           f"(placement group {pg_hex})", flush=True)
             except Exception as e:   # noqa: BLE001 - never let cleanup end the sweep
                 print(f"[sweep] could not release placement group {pg_hex} of trial {trial_id}: {e}", flush=True)

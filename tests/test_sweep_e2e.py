@@ -80,6 +80,11 @@ def head(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+    # `ray start` records its address here and leaves it behind: later address look-ups on this
+    # machine (ray.init(), the state API) would try this dead cluster
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink()
 
 
 def _sweep_args(workdir: Path, name: str, *more: str) -> list[str]:
