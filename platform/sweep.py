@@ -115,11 +115,11 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from codetr.config import flatten, to_dict
+    from mlflow.tracking import MlflowClient
+
     from platform import tracking
     from platform.runtime import build_trainer
     from platform.sweep_spec import trial_config
-    from mlflow.tracking import MlflowClient
-
     from platform.sweep_tracking import end_child, open_child_run
     from platform.train import derived_params
     from platform.worker import make_loop_config
@@ -261,36 +261,6 @@ def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
 # ----------------------------------------------------------------------------------------- driver
 
 
-def init_sweep_ray(cfg) -> str:
-    """``platform.runtime.init_ray``, with two differences when joining a cluster (``RAY_ADDRESS``).
-
-    - Under ``ray job submit --working-dir`` the job's runtime env already ships the repository,
-      and Ray refuses a second ``working_dir`` from ``ray.init`` ("Failed to merge the Job's
-      runtime env"), so only env vars are added.
-    - ``RAY_ADDRESS`` goes to every process of the job: Ray Train's detached PlacementGroupCleaner
-      otherwise looks the cluster up by scanning the machine's processes and may find the wrong one
-      (the driver frees an ended trial's resources itself anyway: :mod:`platform.sweep_resources`).
-    """
-    import json
-
-    import ray
-
-    from platform.runtime import init_ray, runtime_env
-
-    address = os.environ.get("RAY_ADDRESS")
-    if ray.is_initialized() or not address:
-        return init_ray(cfg, TRIAL_ENV)
-    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-    job_env = job.get("runtime_env", job) or {}
-    extra = {**TRIAL_ENV, "RAY_ADDRESS": address}
-    if not job_env.get("working_dir"):
-        return init_ray(cfg, extra)
-    job_vars = job_env.get("env_vars") or {}
-    env_vars = {k: v for k, v in runtime_env(extra)["env_vars"].items() if k not in job_vars}
-    ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
-    return f"joined the Ray cluster at {address} as a Ray job (code from the job's working_dir)"
-
-
 def describe(spec) -> str:
     lines = [f"sweep {spec.name}: base {spec.base}, metric {spec.metric} ({spec.mode}), "
              f"{spec.num_grid_points()} distinct grid point(s) (of {spec.num_grid_combinations()} combinations) "
@@ -374,9 +344,11 @@ def main(argv: list[str] | None = None) -> int:
                                  num_classes=num_classes, train_images=train_images)
     import ray
 
+    from platform.runtime import init_ray
+
     status, code, tune_results = "FAILED", EXIT_FAILED, {}
     try:
-        print(f"[sweep] {init_sweep_ray(base_cfg)}", flush=True)
+        print(f"[sweep] {init_ray(base_cfg, TRIAL_ENV)}", flush=True)
         callbacks = [status_callback, release_callback]
         tuner = build_tuner(spec, context, callbacks, args.resume)
         if args.resume:   # the restored run config holds pickled copies of the callbacks: use these

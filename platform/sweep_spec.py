@@ -100,6 +100,7 @@ class SweepSpec:
     storage_path: str = "runs/sweeps"
     source: str = ""                            # the sweep file
     raw: dict[str, Any] = field(default_factory=dict)   # the file after command-line overrides
+    _grid_points: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def keys(self) -> list[str]:
@@ -118,19 +119,21 @@ class SweepSpec:
         A key that cannot change a combination's run (``Config.unused_keys``: lambda1 / lambda2
         without auxiliary heads, the settings of absent heads) is left out of that combination, and
         combinations that become equal are run once."""
+        if self._grid_points is not None:   # one config validation per combination: done once
+            return self._grid_points
         grid = {k: d.values for k, d in self.search_space.items() if d.kind == "grid"}
-        if not grid:
-            return []
-        base = to_dict(build_base_config(self.base, self.overrides, self.resources))
         points, seen = [], set()
-        for combo in itertools.product(*grid.values()):
-            values = dict(zip(grid, combo))
-            cfg = trial_config(base, values)
-            point = {k: v for k, v in values.items() if not cfg.is_unused(k)}
-            ident = json.dumps(point, sort_keys=True)
-            if ident not in seen:
-                seen.add(ident)
-                points.append(point)
+        if grid:
+            base = to_dict(self.base_config())
+            for combo in itertools.product(*grid.values()):
+                values = dict(zip(grid, combo))
+                cfg = trial_config(base, values)
+                point = {k: v for k, v in values.items() if not cfg.is_unused(k)}
+                ident = json.dumps(point, sort_keys=True)
+                if ident not in seen:
+                    seen.add(ident)
+                    points.append(point)
+        self._grid_points = points
         return points
 
     def num_grid_points(self) -> int:

@@ -55,10 +55,15 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def _epoch_curve(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    """``[(epoch, value)]`` of ``key``: steps are iterations, mapped to epochs via train/epochs_done."""
+def value_order(label: str) -> tuple:
+    """Sort key of formatted swept values: ``[]`` (K = 0) first, head lists by length, ``-`` last."""
+    return (label == "-", label.count(",") + (label not in ("[]", "")), label)
+
+
+def _epoch_curve(client: MlflowClient, run_id: str, key: str, epochs: dict[int, int]) -> list[tuple[int, float]]:
+    """``[(epoch, value)]`` of ``key``: steps are iterations, mapped to epochs by ``epochs``
+    (step -> train/epochs_done)."""
     values = client.get_metric_history(run_id, key)
-    epochs = {m.step: int(m.value) for m in client.get_metric_history(run_id, "train/epochs_done")}
     out = {}
     for m in sorted(values, key=lambda m: (m.step, m.timestamp)):
         out[epochs.get(m.step, m.step)] = m.value
@@ -77,8 +82,11 @@ def collect_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, keys
     for run in children(client, experiment_id, parent_run_id):
         m = dict(run.data.metrics)
         values = json.loads(run.data.tags.get(VALUES_TAG, "{}"))
-        if metric in m:
-            by_epoch = _epoch_curve(client, run.info.run_id, metric)
+        done = client.get_metric_history(run.info.run_id, "train/epochs_done")
+        epochs = {d.step: int(d.value) for d in done}
+        in_mlflow = metric in m
+        if in_mlflow:
+            by_epoch = _epoch_curve(client, run.info.run_id, metric, epochs)
         else:
             seen = (tune_results or {}).get(run.data.tags.get(TRIAL_ID_TAG, ""), [])
             by_epoch = [(int(r.get("epoch", i + 1)), r[metric]) for i, r in enumerate(seen) if metric in r]
@@ -86,7 +94,10 @@ def collect_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, keys
                 m[metric] = by_epoch[-1][1]
         history = [v for _, v in by_epoch]
         best = (max(history) if mode == "max" else min(history)) if history else None
-        done = client.get_metric_history(run.info.run_id, "train/epochs_done")
+        if metric == CURVE_METRIC and in_mlflow:   # the same history: read it once
+            curve = by_epoch
+        else:
+            curve = _epoch_curve(client, run.info.run_id, CURVE_METRIC, epochs) if CURVE_METRIC in m else []
         rows.append(TrialRow(
             trial=run.info.run_name, run_id=run.info.run_id, status=run.info.status,
             end=run.data.tags.get(END_TAG, ""), values={k: values[k] for k in keys if k in values},
@@ -94,8 +105,7 @@ def collect_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, keys
             epochs=int(max(d.value for d in done)) if done else None,
             iterations=max(d.step for d in done) if done else None,
             extra={k: m[k] for k in ("coco/AP50", "train/loss") if k in m},
-            curve=_epoch_curve(client, run.info.run_id, CURVE_METRIC) if CURVE_METRIC in m else [],
-            history=by_epoch))
+            curve=curve, history=by_epoch))
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(key=lambda r: (r.metric is None or math.isnan(r.metric), sign * (r.metric or 0.0)))
     return rows
@@ -113,10 +123,9 @@ def table(rows: list[TrialRow], keys: list[str], metric: str,
               "coco/AP50", "train/loss", "epochs", "iterations", "status", "end", "mlflow_run_id"]
     body = []
     for i, r in enumerate(rows, 1):
-        num = _num
-        body.append([str(i), r.trial, *(format_value(r.values.get(k)) for k in keys), num(r.metric), num(r.best),
-                     *(num(r.metric_at(e)) for e in at_epochs),
-                     num(r.extra.get("coco/AP50")), num(r.extra.get("train/loss")),
+        body.append([str(i), r.trial, *(format_value(r.values.get(k)) for k in keys), _num(r.metric), _num(r.best),
+                     *(_num(r.metric_at(e)) for e in at_epochs),
+                     _num(r.extra.get("coco/AP50")), _num(r.extra.get("train/loss")),
                      "" if r.epochs is None else str(r.epochs), "" if r.iterations is None else str(r.iterations),
                      r.status, r.end, r.run_id])
     return header, body
@@ -134,10 +143,10 @@ def effects(rows: list[TrialRow], keys: list[str], metric: str, epoch: int,
         groups: dict[str, list[float]] = {}
         for r in rows:
             value = r.metric_at(epoch)
-            groups.setdefault(format_value(r.values.get(key)), [])
+            group = groups.setdefault(format_value(r.values.get(key)), [])
             if value is not None and not math.isnan(value):
-                groups[format_value(r.values.get(key))].append(value)
-        for label in sorted(groups, key=lambda s: (s == "-", s.count(",") + (s not in ("[]", "")), s)):
+                group.append(value)
+        for label in sorted(groups, key=value_order):
             vals = groups[label]
             body.append([key, label, str(len(vals)), _num(sum(vals) / len(vals) if vals else None),
                          _num(pick(vals) if vals else None)])
@@ -179,7 +188,7 @@ def plot_metric_vs_key(rows: list[TrialRow], key: str, metric: str):
         ax.set_xlabel(key)
     else:
         labels = sorted({format_value(v) for v, _, _ in points},
-                        key=lambda s: (s.count(",") + (s not in ("[]", "")), s))
+                        key=value_order)
         if key.endswith("aux_heads"):
             pretty = {format_value(v): f"K={len(v)}\n{format_value(v)}" for v, _, _ in points}
             ax.set_xlabel(f"{key} (K = number of auxiliary heads)")
@@ -207,7 +216,7 @@ def plot_curves(rows: list[TrialRow], keys: list[str] | None = None):
     import matplotlib.pyplot as plt
 
     heads_key = next((k for k in keys or [] if k.endswith("aux_heads")), None)
-    groups = sorted({format_value(r.values.get(heads_key)) for r in rows}, key=lambda s: (s.count(",") + (s != "[]"), s))
+    groups = sorted({format_value(r.values.get(heads_key)) for r in rows}, key=value_order)
     colours = plt.get_cmap("tab10")
     styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(11, 5))
