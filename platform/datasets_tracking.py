@@ -103,10 +103,20 @@ def describe(cfg, split: str, dataset) -> DatasetInfo:
 
 
 def log_datasets(tracking_uri: str, run_id: str, infos: list[DatasetInfo]) -> None:
-    """Log ``infos`` as dataset inputs of the run (logging the same set again changes nothing)."""
+    """Log ``infos`` as dataset inputs of the run (logging the same set again changes nothing).
+
+    MLflow keeps one input per dataset (name and digest) and run: a file used for both splits becomes
+    one input with the context ``training+validation``."""
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.tracking import MlflowClient
 
-    inputs = [DatasetInput(info.to_entity(), tags=[InputTag(CONTEXT_TAG, CONTEXTS[info.split])]) for info in infos]
+    contexts: dict[tuple[str, str], list[str]] = {}
+    first: dict[tuple[str, str], DatasetInfo] = {}
+    for info in infos:
+        key = (info.name, info.digest)
+        first.setdefault(key, info)
+        contexts.setdefault(key, []).append(CONTEXTS[info.split])
+    inputs = [DatasetInput(first[key].to_entity(), tags=[InputTag(CONTEXT_TAG, "+".join(names))])
+              for key, names in contexts.items()]
     if inputs:
         MlflowClient(tracking_uri).log_inputs(run_id, datasets=inputs)
