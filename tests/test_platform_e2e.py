@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 SMALL = ["data.augment.scales=[128]", "data.augment.max_size=128", "data.augment.crop_prob=0",
          "data.augment.eval_scale=128", "data.augment.eval_max_size=128",
          "data.synthetic.num_train=32", "data.synthetic.num_val=8", "data.batch_size=4",
-         "train.log_every=2", "platform.num_val_images=2"]
+         "train.log_every=2", "platform.num_val_images=2",
+         "platform.log_model=false"]   # the MLflow model of a run: tests/test_mlflow_native_e2e.py
 
 
 def _env(workdir: Path, **extra) -> dict:
@@ -218,6 +219,7 @@ def test_a_failing_worker_ends_the_run_failed(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "gives no full batch" in proc.stdout + proc.stderr
+    assert "Traceback (most recent call last)" in proc.stdout + proc.stderr   # the quiet console keeps it
     assert "Run broken: FAILED" in proc.stdout
     _, runs = _runs(tmp_path, "broken")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
