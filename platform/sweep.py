@@ -425,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown or "(no trial results)")
     print(f"MLflow parent run {parent_run_id} (experiment {spec.experiment_name}); "
           f"open the UI: {tracking.ui_command(tracking_uri)}")
+    print(f"  the sweep: {tracking.ui_url(tracking_uri, experiment_id, parent_run_id)}")
     if model is not None:
         from platform.mlflow_model import serve_command
 

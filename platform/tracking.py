@@ -48,6 +48,16 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI page of an experiment (or run) on its training-runs view.
+
+    MLflow 3.17's UI keeps a GenAI / Model training switch per browser (default GenAI) that decides the
+    view over the experiment's kind tag; the ``workflowType`` parameter of the link selects it."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{page}?workflowType=machine_learning"
+
+
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     """Id of experiment ``name`` (created, or restored when deleted), tagged as a model-training experiment."""
     experiment = client.get_experiment_by_name(name)

@@ -122,7 +122,7 @@ def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, el
                   checkpoint_path: str | None, argv: list[str] | None = None, model=None) -> None:
     from mlflow.tracking import MlflowClient
 
-    from platform.tracking import ui_command
+    from platform.tracking import ui_command, ui_url
 
     metrics = {}
     experiment_id = None
@@ -151,8 +151,9 @@ def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, el
                                                       if model.registered_uri else ""))
         print(f"Serve it:      {serve_command(tracking_uri, model.registered_uri or model.model_uri)}")
     print(f"Open the UI:   {ui_command(tracking_uri)}")
-    if experiment_id is not None and not tracking_uri.startswith("http"):
-        print(f"  then browse http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+    if experiment_id is not None:
+        print(f"  {'then browse' if not tracking_uri.startswith('http') else 'the run:'} "
+              f"{ui_url(tracking_uri, experiment_id, run_id)}")
     print("=" * 72, flush=True)
 
 

@@ -64,7 +64,8 @@ def run(tmp_path_factory):
 def test_console_shows_the_platform_and_hides_ray_chatter(run):
     out = run["proc"].stdout + run["proc"].stderr
     for line in ("[platform] run native", "[train] native  epoch 1/1  iter 2/4", "eval after epoch 1 (iter 4)",
-                 "Run native: FINISHED", f"registered as models:/{REGISTERED}/1", "mlflow models serve -m"):
+                 "Run native: FINISHED", f"registered as models:/{REGISTERED}/1", "mlflow models serve -m",
+                 "?workflowType=machine_learning"):
         assert line in out, line
     shown = [c for c in CHATTER if c in out]
     assert not shown, f"{shown}\n{out[-6000:]}"

@@ -140,3 +140,11 @@ def test_datasets_become_run_inputs_once(coco_config, store_uri):
     assert json.loads(inputs[0].dataset.source) == {"uri": str(ann_file)}
     assert json.loads(inputs[0].dataset.schema)["mlflow_colspec"][0] == {"type": "binary", "name": "image",
                                                                           "required": True}
+
+
+def test_printed_links_open_the_training_runs_view():
+    # MLflow 3.17's UI decides GenAI / Model training per browser unless the link says which
+    assert tracking.ui_url("sqlite:////a/mlflow.db", "3", "abc") == \
+        "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert tracking.ui_url("http://10.0.0.1:5000/", "3") == \
+        "http://10.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
