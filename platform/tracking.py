@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 RUN_NAME_TAG = "platform.run_name"
-# MLflow's experiment type: the UI opens such an experiment on its training-runs view (not the GenAI one)
+# MLflow's experiment type: a model-training experiment, not a GenAI one (see ui_url for MLflow 3.17's UI)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
