@@ -2,14 +2,14 @@
 
     python benchmarks/onnx_latency.py                                # tiny 128x128 + R50 480x640, ~10 min on 2 cores
     python benchmarks/onnx_latency.py --configs tiny --runs 5
-    python benchmarks/onnx_latency.py --r50-size 800x1088 --threads 2
+    python benchmarks/onnx_latency.py --r50-size 800x1088 --threads 2      # default: 1 thread each
 
 For each config: the model is built with random weights (seed 0; R50 with
 ``model.backbone.pretrained=false``, 80 classes), made deployable (``model.for_inference()``: no
 auxiliary heads), exported by ``platform.onnx_export`` for the given input size, and run on one
 image (batch 1) by both: PyTorch through the model's public forward under ``no_grad``
 (``torch.set_num_threads(--threads)``) and an onnxruntime CPU session (``intra_op_num_threads`` =
-``--threads``, all graph optimisations). The two alternate run by run after ``--warmup`` runs each, so the
+``--threads``, all graph optimisations, no spin-waiting between runs). The two alternate run by run after ``--warmup`` runs each, so the
 load of a shared machine falls on both alike; latency = median of ``--runs`` runs in wall time, and in
 process CPU time (all threads: what other users of the machine do not inflate). Ratio = onnxruntime /
 PyTorch (below 1: onnxruntime is faster). The parity columns are the largest absolute differences of
@@ -62,6 +62,8 @@ def bench(name: str, size: tuple[int, int], threads: int, warmup: int, runs: int
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no spin-waiting after a run: its threads would take the cores from the PyTorch run that follows
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1))
         feed = {"images": image.numpy()}
@@ -100,7 +102,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["tiny", "r50"], choices=sorted(CONFIGS))
     parser.add_argument("--tiny-size", type=_size, default=(128, 128), help="HxW (default 128x128)")
     parser.add_argument("--r50-size", type=_size, default=(480, 640), help="HxW (default 480x640, a COCO image)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    # one thread by default: on a shared machine a multi-threaded run waits in every parallel region for its
+    # slowest thread, i.e. it measures the other users (seen here: the tiny model at 47 ms or 1.2 s per image)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
