@@ -115,7 +115,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = [bench(name, args.tiny_size if name == "tiny" else args.r50_size, args.threads, args.warmup, args.runs)
             for name in args.configs]
-    print(f"\nDeployable Co-DETR, batch 1, {args.threads} threads, median of {args.runs} runs "
+    print(f"\nDeployable Co-DETR, batch 1, {args.threads} thread(s), median of {args.runs} runs "
           f"(torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)\n")
     print("| model | input | params | PyTorch ms | onnxruntime ms | ratio | PyTorch CPU ms | onnxruntime CPU ms "

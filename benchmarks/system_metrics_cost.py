@@ -1,6 +1,6 @@
 """What MLflow's system metrics cost a training run, measured two ways in one run.
 
-    python benchmarks/system_metrics_cost.py                 # ~3 min on 2 cores
+    python benchmarks/system_metrics_cost.py                 # ~3 min
     python benchmarks/system_metrics_cost.py --samples 20 --rounds 2 --steps 10
 
 1. Per sample: the work of one turn of MLflow's ``SystemMetricsMonitor`` loop (its own methods:
@@ -8,7 +8,7 @@
    flush spread over the samples) against a real sqlite store, in CPU seconds of the thread
    (``time.thread_time``: what it takes from the training process, whatever else the machine runs).
    The fraction of one core it costs at interval s is that time / s.
-2. A/B on training: tiny Co-DETR training steps (forward + backward, 2 threads) with no monitor and with
+2. A/B on training: tiny Co-DETR training steps (forward + backward, 1 thread) with no monitor and with
    a monitor at 1 s and at 10 s (``platform.system_metrics_interval``), rounds interleaved, each step timed
    in process CPU time (all threads, the monitor's included) and wall time. The difference of the
    medians is the monitor's cost as the training process sees it; with the per-sample cost, it shows
@@ -76,7 +76,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50, help="monitor turns timed (part 1)")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (part 2)")
     parser.add_argument("--steps", type=int, default=15, help="training steps per variant and round")
-    parser.add_argument("--threads", type=int, default=2)
+    # one thread: a multi-threaded step on a shared machine waits for its slowest thread (the other users)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     import logging
@@ -116,7 +117,7 @@ def main() -> None:
             tracking.end_run(uri, ab_run, "FINISHED")
             cpu[name] += c
             wall[name] += w
-    print(f"\n2. tiny Co-DETR training step (batch 2, 128x128, {args.threads} threads), "
+    print(f"\n2. tiny Co-DETR training step (batch 2, 128x128, {args.threads} thread(s)), "
           f"{args.rounds} x {args.steps} steps per variant, interleaved; medians:")
     print("| monitor | CPU s / step | vs none | wall s / step | vs none |")
     print("|---|---|---|---|---|")
