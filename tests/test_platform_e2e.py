@@ -128,8 +128,11 @@ def test_same_run_name_resumes_from_the_latest_checkpoint(trained):
 def test_explicit_resume_path_starts_a_new_run_from_it(trained):
     workdir, _ = trained
     iteration, folder = _checkpoints(workdir, "e2e")[0]
-    proc = _train(workdir, "e2e-fork", f"train.max_iters={iteration + 1}", "--resume", str(folder))
+    proc = _train(workdir, "e2e-fork", f"train.max_iters={iteration + 1}", "--resume", str(folder), "--verbose")
     assert f"iteration {iteration}" in proc.stdout + proc.stderr
+    # --verbose: Ray's own lines, hidden by default (tests/test_mlflow_native_e2e.py), are back
+    for line in ("Started a local Ray instance", "Attempting to start training worker group", "Reporting training result"):
+        assert line in proc.stdout + proc.stderr, line
     client, runs = _runs(workdir, "e2e-fork")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["platform.resumed_from"] == str(folder)
