@@ -71,8 +71,11 @@ class ModelConfig:
     aux_heads: list[str] = field(default_factory=list)   # ordered auxiliary heads, K = len; [] = Deformable-DETR
     lambda1: float = 1.0               # weight of the customized positive-query losses
     lambda2: float = 2.0               # weight of the auxiliary heads' losses (x num_decoder_layers)
-    max_pos_queries: int = 300         # positive queries per auxiliary head and image (cap)
-    with_coord_feat: bool = False      # add the positives' pooled features to the positive queries' content
+    max_pos_queries: int = 300         # positive-query slots per auxiliary head and image (cap; at least 9)
+    with_coord_feat: bool = True       # positive queries get LayerNorm(Linear(feature)) in their content, a per-head scalar in their position
+    pos_query_padding: Literal["negatives", "masked"] = "negatives"  # empty slots: the head's negatives as background (official), or masked out
+    neck_norm: Literal["group_norm", "masked_group_norm"] = "group_norm"  # masked: GroupNorm statistics ignore padded pixels (not official)
+    init_from: str | None = None       # weights only (project or converted official checkpoint); class layers re-initialised when classes differ
     aux: AuxHeadsConfig = field(default_factory=AuxHeadsConfig)
 
     def validate(self, prefix: str) -> None:
@@ -103,7 +106,7 @@ class ModelConfig:
         (a sweep runs such combinations once)."""
         out = [f"aux.{name}" for name in sorted(AUX_HEAD_TYPES) if name not in self.aux_heads]
         if not self.aux_heads:
-            out += ["lambda1", "lambda2", "max_pos_queries", "with_coord_feat"]
+            out += ["lambda1", "lambda2", "max_pos_queries", "with_coord_feat", "pos_query_padding"]
         return out
 
 

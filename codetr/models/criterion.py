@@ -7,6 +7,7 @@ from torch import Tensor
 
 from codetr.box_ops import box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from codetr.config.schema import ModelConfig
+from codetr.models.aux.positives import PositiveQueries
 from codetr.models.losses import mean_over_workers, sigmoid_focal_loss_sum
 from codetr.models.matcher import hungarian_match
 
@@ -90,22 +91,25 @@ class QueryCriterion:
                 losses["query/enc." + term] = value
         return losses
 
-    def positive_losses(self, head_name: str, logits: Tensor, boxes_cxcywh_norm: Tensor, labels: Tensor,
-                        targets_cxcywh_norm: Tensor, mask: Tensor, scales_xyxy: Tensor) -> dict[str, Tensor]:
-        """Direct supervision of one auxiliary head's positive queries (no matching).
+    def positive_losses(self, head_name: str, logits: Tensor, boxes_cxcywh_norm: Tensor, queries: PositiveQueries,
+                        scales_xyxy: Tensor) -> dict[str, Tensor]:
+        """Direct supervision of one auxiliary head's query slots (no matching).
 
-        logits [L, B, P, C], boxes [L, B, P, 4]; labels [B, P]; targets [B, P, 4]; mask [B, P].
+        logits [L, B, P, C], boxes [L, B, P, 4]. Classification over the slots in the loss (positives
+        with their class, negative padding as background), box losses over the positives; all
+        normalised by the number of positives averaged over workers (>= 1).
         """
-        batch_idx, query_idx = mask.nonzero(as_tuple=True)
-        normalizer = mean_over_workers(mask.sum().float(), logits.device).clamp(min=1.0)
-        sel_labels = labels[batch_idx, query_idx]
-        sel_targets = targets_cxcywh_norm[batch_idx, query_idx]
+        positive = queries.positive
+        batch_idx, query_idx = positive.nonzero(as_tuple=True)
+        normalizer = mean_over_workers(positive.sum().float(), logits.device).clamp(min=1.0)
+        sel_labels = queries.labels[batch_idx, query_idx]
+        sel_targets = queries.targets_cxcywh_norm[batch_idx, query_idx]
         losses: dict[str, Tensor] = {}
         num_layers = logits.shape[0]
         for layer in range(num_layers):
             prefix = layer_prefix(f"{head_name}/pos.", layer, num_layers)
             for term, value in _pair_losses(logits[layer], boxes_cxcywh_norm[layer], batch_idx, query_idx,
                                             sel_labels, sel_targets, scales_xyxy, normalizer, self.alpha,
-                                            self.gamma, cls_rows=mask).items():
+                                            self.gamma, cls_rows=queries.in_loss).items():
                 losses[prefix + term] = value
         return losses

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from codetr.config.schema import ModelConfig
 from codetr.models.backbone import ResNetBackbone
+from codetr.models.aux.positives import select_positive_queries
 from codetr.models.criterion import QueryCriterion, layer_prefix
 from codetr.models.neck import ChannelMapper
 from codetr.models.query_head import QueryHead
@@ -38,7 +39,7 @@ class CoDETR(nn.Module):
         self.num_classes = num_classes
         aux_heads = aux_heads or []
         self.backbone = ResNetBackbone(cfg.backbone)
-        self.neck = ChannelMapper(self.backbone.out_channels, cfg.embed_dims)
+        self.neck = ChannelMapper(self.backbone.out_channels, cfg.embed_dims, masked=cfg.neck_norm == "masked_group_norm")
         self.query_head = QueryHead(cfg, num_classes, num_aux_heads=len(aux_heads))
         self.aux_heads = nn.ModuleList(aux_heads)
         self.aux_keys = aux_head_keys(list(cfg.aux_heads))[: len(aux_heads)]
@@ -121,20 +122,24 @@ class CoDETR(nn.Module):
         head_targets = [{"boxes": t["boxes"].to(device=device, dtype=torch.float32),
                          "labels": t["labels"].to(device=device, dtype=torch.int64)} for t in targets]
         for idx, (key, head) in enumerate(zip(self.aux_keys, self.aux_heads)):
-            head_losses, positives = head.forward_train(out.pyramid, head_targets, sizes)
+            head_losses, candidates = head.forward_train(out.pyramid, head_targets, sizes)
             losses.update({f"{key}/{term}": value for term, value in head_losses.items()})
-            if positives.mask.shape[1] == 0:
-                # no positives anywhere in the batch: keep the branch in the graph with zero losses
+            queries = select_positive_queries(candidates, self.num_classes, sizes, self.cfg.max_pos_queries,
+                                              padding=self.cfg.pos_query_padding)
+            if queries.positive.shape[1] == 0 or not queries.in_loss.any():
+                # nothing to decode (masked padding and no positive in the batch): keep the branch in the
+                # graph with zero losses
                 zero = sum(p.sum() for p in self.query_head.positive_branch_parameters(idx)) * 0.0
+                if queries.feats is not None:
+                    zero = zero + queries.feats.sum() * 0.0
                 for layer in range(self.cfg.num_decoder_layers):
                     prefix = layer_prefix(f"{key}/pos.", layer, self.cfg.num_decoder_layers)
                     for term in ("loss_cls", "loss_bbox", "loss_giou"):
                         losses[prefix + term] = zero
                 continue
-            logits, boxes = self.query_head.forward_positive(out.ctx, positives.boxes_cxcywh_norm, positives.mask,
-                                                             idx, positives.feats)
-            losses.update(self.criterion.positive_losses(key, logits, boxes, positives.labels,
-                                                         positives.targets_cxcywh_norm, positives.mask, scales))
+            logits, boxes = self.query_head.forward_positive(out.ctx, queries.boxes_cxcywh_norm, queries.attended,
+                                                             idx, queries.feats)
+            losses.update(self.criterion.positive_losses(key, logits, boxes, queries, scales))
         return losses
 
     def loss_weight(self, name: str) -> float:
