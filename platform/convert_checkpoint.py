@@ -5,7 +5,7 @@
 
 In: an mmcv / mmdetection checkpoint (a dict with ``state_dict`` and a ``meta`` that may hold
 ``CLASSES``; released Co-DETR files are such). Every tensor is mapped to the project's names and
-checked against a model built from ``--config`` (default: the R50 recipe) with the dimensions the
+checked against a model built from ``--config`` (default: the R50 recipe of its query head) with the dimensions the
 checkpoint fixes (backbone depth, widths, layers, queries, classes, auxiliary heads). The result is
 a project checkpoint that ``platform.evaluate --checkpoint``, ``platform.predict --checkpoint`` and
 ``model.init_from`` accept. A coverage table says what was mapped, transformed and ignored;
@@ -21,7 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-DEFAULT_CONFIG = "experiments/codetr_r50_coco.yaml"
+# the base config per official query head (the checkpoint fixes the dimensions on top of it)
+DEFAULT_CONFIGS = {"deformable_detr": "experiments/codetr_r50_coco.yaml", "dino": "experiments/codino_r50_coco.yaml"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,8 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("source", metavar="CHECKPOINT", help="official .pth (or, with --to-official, a project checkpoint)")
     parser.add_argument("-o", "--output", required=True, help="file to write")
     parser.add_argument("--to-official", action="store_true", help="project -> official layout")
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="base config of the converted model, a path or a name in experiments/ (default: %(default)s)")
+    parser.add_argument("--config", default=None,
+                        help="base config of the converted model, a path or a name in experiments/ (default: the R50 "
+                             "recipe of the checkpoint's query head: codetr_r50_coco or codino_r50_coco)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--allow-global", action="append", default=[], metavar="MODULE.NAME",
                         help="also unpickle this Python global (only for files you trust)")
@@ -59,13 +61,14 @@ def official_state_dict(ck: object, path: str) -> tuple[dict, dict]:
 def convert_in(args: argparse.Namespace) -> int:
     from codetr import build_model
     from codetr.config import to_dict
-    from codetr.convert import class_names, config_for_official, from_official, load_untrusted
+    from codetr.convert import class_names, config_for_official, from_official, infer_overrides, load_untrusted
     from codetr.engine import save_checkpoint
     from platform.runtime import resolve_config_path
 
     ck = load_untrusted(args.source, args.allow_global)
     official_sd, meta = official_state_dict(ck, args.source)
-    cfg, inferred = config_for_official(official_sd, resolve_config_path(args.config), args.overrides)
+    config = args.config or DEFAULT_CONFIGS[str(infer_overrides(official_sd)["model.query_head"])]
+    cfg, inferred = config_for_official(official_sd, resolve_config_path(config), args.overrides)
     model = build_model(cfg)
     state_dict, report = from_official(official_sd, cfg, model.state_dict())
     model.load_state_dict(state_dict, strict=True)

@@ -22,19 +22,23 @@ class BackboneConfig:
     weights_path: str | None = None    # explicit weights file; default: the torch hub cache's torchvision file
     frozen_stages: int = 1             # stem + this many stages are frozen (official: 1)
     norm: Literal["frozen_bn", "bn"] = "frozen_bn"   # frozen_bn with ImageNet weights; bn to train from scratch
+    out_indices: list[int] = field(default_factory=lambda: [1, 2, 3])  # stages fed to the neck: [1, 2, 3] = strides 8-32, [0, 1, 2, 3] = 4-32
 
     def validate(self, prefix: str) -> None:
         check_range(self.depth in (18, 34, 50, 101), f"{prefix}.depth", f"must be 18, 34, 50 or 101, got {self.depth}")
         check_range(0 <= self.frozen_stages <= 4, f"{prefix}.frozen_stages", "must be in 0..4")
+        check_range(self.out_indices in ([1, 2, 3], [0, 1, 2, 3]), f"{prefix}.out_indices",
+                    f"must be [1, 2, 3] or [0, 1, 2, 3], got {self.out_indices}")
 
 
 @dataclass
 class LossWeightsConfig:
-    cls: float = 2.0                   # focal classification loss weight
+    cls: float = 2.0                   # classification loss weight (official: 2 for focal, 1 for Co-DINO's quality focal)
     bbox: float = 5.0                  # L1 on normalised cxcywh
     giou: float = 2.0                  # GIoU on xyxy pixels
-    focal_alpha: float = 0.25
+    focal_alpha: float = 0.25          # focal loss (deformable_detr head)
     focal_gamma: float = 2.0
+    quality_focal_beta: float = 2.0    # Quality Focal Loss (dino head): the target is the box's IoU
 
     def validate(self, prefix: str) -> None:
         for name in ("cls", "bbox", "giou", "focal_gamma"):
@@ -50,11 +54,25 @@ class MatchCostConfig:
 
 
 @dataclass
+class DenoisingConfig:
+    num_queries: int = 100             # denoising queries per batch (dynamic groups: this // largest gt count)
+    label_noise: float = 0.5           # a copy's class is redrawn with probability label_noise / 2
+    box_noise: float = 1.0             # corner shift in units of half the box size (negatives: 1-2x, positives: < 1x)
+
+    def validate(self, prefix: str) -> None:
+        check_range(self.num_queries >= 1, f"{prefix}.num_queries", "must be >= 1")
+        check_range(0.0 <= self.label_noise <= 1.0, f"{prefix}.label_noise", "must be in [0, 1]")
+        check_range(self.box_noise >= 0.0, f"{prefix}.box_noise", "must be >= 0")
+
+
+@dataclass
 class ModelConfig:
     num_classes: int | None = None     # null: taken from the training annotation file
+    query_head: Literal["deformable_detr", "dino"] = "deformable_detr"  # Co-Deformable-DETR or Co-DINO
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     embed_dims: int = 256
-    num_levels: int = 4                # neck levels fed to the transformer (strides 8, 16, 32, 64)
+    num_levels: int = 4                # neck levels fed to the transformer: 4 (strides 8-64) or 5 (strides 4-64)
+    encoder_checkpoint_layers: int = 0  # activation checkpointing of the first N encoder layers (all when fewer; official Co-DINO: 4)
     num_heads: int = 8
     num_points: int = 4
     ffn_dims: int = 2048
@@ -63,7 +81,10 @@ class ModelConfig:
     dropout: float = 0.0
     num_queries: int = 300
     mixed_selection: bool = True       # content queries learned, positions from the two-stage proposals
-    num_detections: int = 100          # eval: top-k over queries x classes
+    num_detections: int = 100          # eval: detections kept per image (top-k over queries x classes, or after NMS)
+    nms: Literal["none", "soft"] = "none"  # eval: none, or class-wise linear soft-NMS over the top num_queries (official Co-DINO)
+    nms_iou: float = 0.8               # soft-NMS IoU threshold
+    dn: DenoisingConfig = field(default_factory=DenoisingConfig)   # contrastive denoising (query_head dino)
     pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # images in [0, 1]
     pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     loss: LossWeightsConfig = field(default_factory=LossWeightsConfig)
@@ -85,7 +106,13 @@ class ModelConfig:
         check_range(self.embed_dims > 0 and self.embed_dims % self.num_heads == 0, f"{p}.embed_dims",
                     f"must be a positive multiple of num_heads ({self.num_heads})")
         check_range(self.embed_dims % 2 == 0, f"{p}.embed_dims", "must be even (sine positional encoding)")
-        check_range(self.num_levels == 4, f"{p}.num_levels", "only 4 levels (strides 8-64) are supported")
+        check_range(self.num_levels in (4, 5), f"{p}.num_levels", "must be 4 (strides 8-64) or 5 (strides 4-64)")
+        check_range(len(self.backbone.out_indices) + 1 == self.num_levels, f"{p}.num_levels",
+                    f"{self.num_levels} levels need {self.num_levels - 1} backbone stages plus the extra level, but "
+                    f"{p}.backbone.out_indices is {self.backbone.out_indices}")
+        check_range(self.encoder_checkpoint_layers >= 0, f"{p}.encoder_checkpoint_layers", "must be >= 0")
+        check_range(0.0 < self.nms_iou <= 1.0, f"{p}.nms_iou", "must be in (0, 1]")
+        self.dn.validate(f"{p}.dn")
         for name in ("num_heads", "num_points", "ffn_dims", "num_encoder_layers",
                      "num_decoder_layers", "num_queries", "num_detections", "max_pos_queries"):
             check_range(getattr(self, name) >= 1, f"{p}.{name}", "must be >= 1")
@@ -99,12 +126,19 @@ class ModelConfig:
         check_range(self.lambda1 >= 0, f"{p}.lambda1", f"must be >= 0, got {self.lambda1}")
         check_range(self.lambda2 >= 0, f"{p}.lambda2", f"must be >= 0, got {self.lambda2}")
         self.aux.validate(f"{p}.aux")
+        if "fcos" in self.aux_heads:
+            n = len(self.aux.fcos.regress_ranges)
+            check_range(n == self.num_levels + 1, f"{p}.aux.fcos.regress_ranges",
+                        f"needs one [lo, hi] pair per pyramid level: {self.num_levels + 1} with num_levels "
+                        f"{self.num_levels}, got {n}")
 
     def unused_keys(self) -> list[str]:
         """Keys (relative to ``model``) that cannot change this model: the settings of auxiliary
         heads it does not have, and with no head at all the positive-query branch and both lambdas
         (a sweep runs such combinations once)."""
         out = [f"aux.{name}" for name in sorted(AUX_HEAD_TYPES) if name not in self.aux_heads]
+        if self.query_head != "dino":
+            out.append("dn")
         if not self.aux_heads:
             out += ["lambda1", "lambda2", "max_pos_queries", "with_coord_feat", "pos_query_padding"]
         return out

@@ -17,6 +17,9 @@ Layout facts the rules encode:
 * query-head branches: ``cls_branches.i`` / ``reg_branches.i.{0,2,4}`` for decoder layer i; index L
   (= number of decoder layers) is the two-stage pair, the project's ``enc_cls_branch`` /
   ``enc_reg_branch``.
+* Co-DINO (``dino``): the decoder's ``ref_point_head.{0,2}`` / ``norm``, the matching queries'
+  ``transformer.query_embed`` (the project's ``query_embedding``) and the head's ``label_embedding``;
+  no ``pos_trans`` and no per-head position embedding.
 * auxiliary heads: the official detector keeps ``rpn_head`` + ``roi_head.0`` (Faster R-CNN) and
   ``bbox_head.0`` (ATSS); its positive-query modules are indexed roi heads first, then bbox heads
   (0 = Faster R-CNN, 1 = ATSS), the project's by ``model.aux_heads``.
@@ -40,6 +43,8 @@ class Layout:
     num_decoder_layers: int
     aux_heads: tuple[str, ...]          # the project's order (model.aux_heads)
     with_coord_feat: bool = True
+    query_head: str = "deformable_detr"  # or "dino"
+    num_backbone_levels: int = 3        # neck inputs (3: C3-C5, 4: C2-C5)
 
     def official_aux_index(self, name: str) -> int:
         """The official positive-query index of the project's auxiliary head ``name``."""
@@ -53,7 +58,7 @@ def _rule_list(layout: Layout) -> list[tuple[str, str]]:
         ("backbone.bn1.{leaf}", "backbone.stem.1.{leaf}"),
     ]
     rules += [(f"backbone.layer{s}.{{leaf}}", f"backbone.layer{s}.{{leaf}}") for s in range(1, 5)]
-    for i in range(3):
+    for i in range(layout.num_backbone_levels):
         rules += [(f"neck.convs.{i}.conv.{{leaf}}", f"neck.lateral.{i}.{{leaf}}"),
                   (f"neck.convs.{i}.gn.{{leaf}}", f"neck.lateral_norm.{i}.{{leaf}}")]
     rules += [("neck.extra_convs.0.conv.{leaf}", "neck.extra.{leaf}"),
@@ -71,8 +76,15 @@ def _rule_list(layout: Layout) -> list[tuple[str, str]]:
         rules += [(f"{o}norms.{k}.{{leaf}}", f"{p}norm{k + 1}.{{leaf}}") for k in range(3)]
         rules += [(f"{o}{a}.{{leaf}}", f"{p}{b}.{{leaf}}") for a, b in _FFN]
     rules.append((f"{t}level_embeds", "query_head.level_embeds"))
-    for name in ("enc_output", "enc_output_norm", "pos_trans", "pos_trans_norm"):
+    dino = layout.query_head == "dino"
+    for name in ("enc_output", "enc_output_norm") + (() if dino else ("pos_trans", "pos_trans_norm")):
         rules.append((f"{t}{name}.{{leaf}}", f"query_head.{name}.{{leaf}}"))
+    if dino:
+        rules += [(f"{t}decoder.ref_point_head.{2 * k}.{{leaf}}", f"query_head.decoder.ref_point_head.layers.{k}.{{leaf}}")
+                  for k in range(2)]
+        rules += [(f"{t}decoder.norm.{{leaf}}", "query_head.decoder.norm.{leaf}"),
+                  (f"{t}query_embed.weight", "query_head.query_embedding.weight"),
+                  ("query_head.label_embedding.weight", "query_head.label_embedding.weight")]
     # the positive-query modules: official index -> the project's index of the same head type
     per_head = ["aux_pos_trans", "aux_pos_trans_norm"]
     if layout.with_coord_feat:
@@ -80,7 +92,7 @@ def _rule_list(layout: Layout) -> list[tuple[str, str]]:
     for p_idx, head in enumerate(layout.aux_heads):
         o_idx = layout.official_aux_index(head)
         rules += [(f"{t}{m}.{o_idx}.{{leaf}}", f"query_head.{m}.{p_idx}.{{leaf}}") for m in per_head]
-    if layout.with_coord_feat and layout.aux_heads:
+    if layout.with_coord_feat and layout.aux_heads and not dino:
         rules.append((f"{t}head_pos_embed.weight", "query_head.head_pos_embed.weight"))   # rows permuted
     num_dec = layout.num_decoder_layers
     for i in range(num_dec + 1):
@@ -88,8 +100,9 @@ def _rule_list(layout: Layout) -> list[tuple[str, str]]:
         reg_p = f"query_head.reg_branches.{i}" if i < num_dec else "query_head.enc_reg_branch"
         rules.append((f"query_head.cls_branches.{i}.{{leaf}}", f"{cls_p}.{{leaf}}"))
         rules += [(f"query_head.reg_branches.{i}.{2 * k}.{{leaf}}", f"{reg_p}.layers.{k}.{{leaf}}") for k in range(3)]
-    rules += [("query_head.query_embedding.{leaf}", "query_head.query_embedding.{leaf}"),
-              ("query_head.downsample.{leaf}", "query_head.downsample.{leaf}")]
+    if not dino:
+        rules.append(("query_head.query_embedding.{leaf}", "query_head.query_embedding.{leaf}"))
+    rules.append(("query_head.downsample.{leaf}", "query_head.downsample.{leaf}"))
     if "faster_rcnn" in layout.aux_heads:
         f = f"aux_heads.{layout.aux_heads.index('faster_rcnn')}."
         rules += [("rpn_head.{leaf}", f + "rpn.{leaf}"),

@@ -92,12 +92,21 @@ def infer_overrides(official_sd: dict[str, Tensor]) -> dict[str, object]:
     out["model.backbone.depth"] = depth
     lvl = sd.get("query_head.transformer.level_embeds")
     if lvl is None:
-        raise ConversionError("no query_head.transformer.level_embeds: not a Co-Deformable-DETR checkpoint")
+        raise ConversionError("no query_head.transformer.level_embeds: not a Co-DETR (Co-Deformable-DETR / Co-DINO) "
+                              "checkpoint")
     out["model.num_levels"], out["model.embed_dims"] = int(lvl.shape[0]), int(lvl.shape[1])
     out["model.num_encoder_layers"] = _count(sd, r"^query_head\.transformer\.encoder\.layers\.(\d+)\.")
     out["model.num_decoder_layers"] = _count(sd, r"^query_head\.transformer\.decoder\.layers\.(\d+)\.")
     out["model.ffn_dims"] = int(sd["query_head.transformer.encoder.layers.0.ffns.0.layers.0.0.weight"].shape[0])
-    out["model.num_queries"] = int(sd["query_head.query_embedding.weight"].shape[0])
+    dino = "query_head.label_embedding.weight" in sd
+    out["model.query_head"] = "dino" if dino else "deformable_detr"
+    queries = "query_head.transformer.query_embed.weight" if dino else "query_head.query_embedding.weight"
+    out["model.num_queries"] = int(sd[queries].shape[0])
+    num_inputs = _count(sd, r"^neck\.convs\.(\d+)\.conv\.weight$")
+    if num_inputs not in (3, 4) or num_inputs + 1 != out["model.num_levels"]:
+        raise ConversionError(f"neck with {num_inputs} inputs and {out['model.num_levels']} levels: expected 3 + 1 "
+                              f"(Co-Deformable-DETR) or 4 + 1 (Co-DINO 5-scale)")
+    out["model.backbone.out_indices"] = [1, 2, 3] if num_inputs == 3 else [0, 1, 2, 3]
     out["model.num_classes"] = int(sd["query_head.cls_branches.0.weight"].shape[0])
     heads = []
     if any(n.startswith("roi_head.0.") for n in sd):
@@ -153,7 +162,8 @@ def layout_of(cfg: Config) -> Layout:
     if len(set(m.aux_heads)) != len(m.aux_heads):
         raise ConversionError(f"model.aux_heads {m.aux_heads} repeats a head: the official layout has one of each")
     return Layout(m.num_encoder_layers, m.num_decoder_layers, tuple(m.aux_heads),
-                  with_coord_feat=m.with_coord_feat and bool(m.aux_heads))
+                  with_coord_feat=m.with_coord_feat and bool(m.aux_heads), query_head=m.query_head,
+                  num_backbone_levels=len(m.backbone.out_indices))
 
 
 def _check_against(model_sd: dict[str, Tensor], converted: dict[str, Tensor], what: str) -> None:

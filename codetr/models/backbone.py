@@ -55,8 +55,9 @@ class ResNetBackbone(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = 4 if cfg.depth >= 50 else 1
-        self.out_channels = [128 * expansion, 256 * expansion, 512 * expansion]
-        self.out_strides = [8, 16, 32]
+        self.out_indices = list(cfg.out_indices)
+        self.out_channels = [64 * 2 ** i * expansion for i in self.out_indices]
+        self.out_strides = [4 * 2 ** i for i in self.out_indices]
         frozen = [self.stem, self.layer1, self.layer2, self.layer3, self.layer4][: cfg.frozen_stages + 1] \
             if cfg.frozen_stages > 0 else []
         for module in frozen:
@@ -71,9 +72,11 @@ class ResNetBackbone(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """[B, 3, H, W] normalised images -> [C3 x H/8, C4 x H/16, C5 x H/32] maps."""
-        x = self.layer1(self.stem(x))
-        c3 = self.layer2(x)
+        """[B, 3, H, W] normalised images -> the maps of ``out_indices`` (stage i: stride 4 x 2^i),
+        by default [C3 x H/8, C4 x H/16, C5 x H/32]."""
+        c2 = self.layer1(self.stem(x))
+        c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
-        return [c3, c4, c5]
+        maps = [c2, c3, c4, c5]
+        return [maps[i] for i in self.out_indices]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from codetr.models.position_encoding import SinePositionalEncoding, box_position
 from codetr.models.deformable_attention import MultiScaleDeformableAttention
 from codetr.models.transformer import DeformableDecoder, DeformableEncoder, MemoryContext
 
+if TYPE_CHECKING:
+    from codetr.models.denoising import DenoisingQueries
+
 
 @dataclass
 class QueryHeadOutput:
@@ -28,6 +32,7 @@ class QueryHeadOutput:
     enc_boxes_cxcywh_norm: Tensor | None  # [bs, num_keys, 4] two-stage proposals (train only)
     pyramid: list[Tensor] | None  # 5 maps [bs, embed_dims, H_l, W_l], strides 8..128 (train only, for aux heads)
     ctx: MemoryContext | None     # encoder memory, for the positive-query decoder passes (train only)
+    dn: "DenoisingQueries | None" = None  # DINO: the denoising queries at the front of logits / boxes (train only)
 
 
 class MLP(nn.Module):
@@ -106,7 +111,8 @@ class QueryHead(nn.Module):
                             num_points=cfg.num_points, ffn_dims=cfg.ffn_dims, dropout=cfg.dropout)
         self.positional_encoding = SinePositionalEncoding(d // 2)
         self.level_embeds = nn.Parameter(torch.empty(cfg.num_levels, d))
-        self.encoder = DeformableEncoder(cfg.num_encoder_layers, **layer_kwargs)
+        self.encoder = DeformableEncoder(cfg.num_encoder_layers, checkpoint_layers=cfg.encoder_checkpoint_layers,
+                                         **layer_kwargs)
         self.decoder = DeformableDecoder(cfg.num_decoder_layers, **layer_kwargs)
         # two-stage: memory -> proposal scores and box deltas. The scorer has num_classes outputs as the
         # official one (its extra class branch); channel 0 ranks the proposals, all channels are trained

@@ -23,15 +23,23 @@ __all__ = ["AuxHead", "ATSSHead", "Candidates", "FasterRCNNHead", "FCOSHead", "P
            "build_aux_head", "candidates_from_lists", "select_positive_queries"]
 
 
+def pyramid_strides(num_levels: int) -> tuple[int, ...]:
+    """The auxiliary heads' pyramid: the transformer's levels plus one more (4 levels: strides 8-128,
+    5 levels: strides 4-128)."""
+    first = 8 if num_levels == 4 else 4
+    return tuple(first * 2 ** i for i in range(num_levels + 1))
+
+
 def build_aux_head(name: str, model_cfg: "ModelConfig", num_classes: int) -> AuxHead:
     """The auxiliary head ``name`` (one of ``AUX_HEAD_TYPES``) on ``model_cfg.embed_dims`` channels."""
     dims, aux = model_cfg.embed_dims, model_cfg.aux
+    strides = pyramid_strides(model_cfg.num_levels)
     if name == "atss":
-        return ATSSHead(dims, num_classes, aux.atss)
+        return ATSSHead(dims, num_classes, aux.atss, strides=strides)
     if name == "faster_rcnn":
-        return FasterRCNNHead(dims, num_classes, aux.faster_rcnn)
+        return FasterRCNNHead(dims, num_classes, aux.faster_rcnn, strides=strides)
     if name == "fcos":
-        return FCOSHead(dims, num_classes, aux.fcos)
+        return FCOSHead(dims, num_classes, aux.fcos, strides=strides)
     if name == "retinanet":
-        return RetinaNetHead(dims, num_classes, aux.retinanet)
+        return RetinaNetHead(dims, num_classes, aux.retinanet, strides=strides)
     raise ValueError(f"unknown auxiliary head {name!r}; choose from faster_rcnn, atss, fcos, retinanet")

@@ -34,7 +34,7 @@ class FasterRCNNHead(AuxHead):
         self.cfg = cfg
         self.strides = list(strides)
         self.rpn = RPNHead(in_channels, cfg, strides=self.strides)
-        self.roi_head = RoIHead(in_channels, num_classes, cfg, strides=self.strides[:4])
+        self.roi_head = RoIHead(in_channels, num_classes, cfg, strides=self.strides[:-1])   # all but the coarsest
         self.loss_weights = {"rpn.loss_cls": cfg.rpn_cls_weight, "rpn.loss_bbox": cfg.rpn_bbox_weight,
                              "roi.loss_cls": cfg.roi_cls_weight, "roi.loss_bbox": cfg.roi_bbox_weight}
 
@@ -57,7 +57,7 @@ class FasterRCNNHead(AuxHead):
 
         # stage 2: sampled proposals through the RoI head
         rois, slot_valid, labels, roi_targets, roi_pos = self.roi_head.sample(proposals, gt_boxes, gt_labels)
-        roi_feats = self.roi_head.roi_features(feats[:4], rois)                   # [B*S, C, 7, 7]
+        roi_feats = self.roi_head.roi_features(feats[:-1], rois)                  # [B*S, C, 7, 7]
         cls_logits, deltas = self.roi_head(roi_feats)
         roi_losses = self.roi_head.loss(cls_logits, deltas, rois, slot_valid, labels, roi_targets, roi_pos)
 
