@@ -12,14 +12,15 @@ from codetr.convert import (ConversionError, UnsafeCheckpointError, config_for_o
 from codetr.engine import load_checkpoint
 
 KEYS = Path(__file__).parent / "data" / "official_co_deformable_detr_r50_keys.txt"
+DINO_KEYS = Path(__file__).parent / "data" / "official_co_dino_5scale_r50_keys.txt"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def official_r50_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors with exactly the names and shapes of the official R50 1x model's state dict."""
+def official_r50_state_dict(seed: int = 0, keys: Path = KEYS) -> dict[str, torch.Tensor]:
+    """Random tensors with exactly the names and shapes of an official R50 1x model's state dict."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
-    for line in KEYS.read_text().splitlines():
+    for line in keys.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         name, shape = line.split(" ", 1)
@@ -128,3 +129,23 @@ def test_unexpected_and_unsafe_inputs_fail_loudly(tmp_path):
     r = subprocess.run([sys.executable, "-m", "platform.convert_checkpoint", str(bad), "-o", str(tmp_path / "x.pt")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "refusing to unpickle" in r.stderr and "this must never run" not in r.stdout
+
+
+def test_official_codino_names_convert_load_and_round_trip():
+    """The official Co-DINO 5-scale R50 names: read off as a DINO head on C2-C5, every tensor mapped."""
+    official = official_r50_state_dict(2, DINO_KEYS)
+    cfg, inferred = config_for_official(official, "experiments/codino_r50_coco.yaml", ["model.backbone.pretrained=false"])
+    assert inferred["model.query_head"] == "dino" and inferred["model.num_queries"] == 900
+    assert cfg.model.backbone.out_indices == [0, 1, 2, 3] and cfg.model.num_levels == 5
+    assert cfg.model.with_coord_feat is False
+    model = build_model(cfg)
+    sd, report = from_official(official, cfg, model.state_dict())
+    model.load_state_dict(sd, strict=True)
+    n_counters = sum(k.endswith("num_batches_tracked") for k in official)
+    assert len(report.mapped) == len(official) - n_counters and len(report.ignored) == n_counters
+    assert torch.equal(sd["query_head.query_embedding.weight"], official["query_head.transformer.query_embed.weight"])
+    assert torch.equal(sd["query_head.decoder.ref_point_head.layers.1.weight"],
+                       official["query_head.transformer.decoder.ref_point_head.2.weight"])
+    assert torch.equal(sd["neck.lateral.3.weight"], official["neck.convs.3.conv.weight"])
+    back, _ = to_official(sd, cfg)
+    assert set(back) == set(official) and all(torch.equal(back[k], v) for k, v in official.items())

@@ -33,7 +33,7 @@ class BackboneConfig:
 
 @dataclass
 class LossWeightsConfig:
-    cls: float = 2.0                   # classification loss weight (official: 2 for focal, 1 for Co-DINO's quality focal)
+    cls: float | None = None           # classification loss weight; null: the official one of the query head (focal 2, Co-DINO's quality focal 1)
     bbox: float = 5.0                  # L1 on normalised cxcywh
     giou: float = 2.0                  # GIoU on xyxy pixels
     focal_alpha: float = 0.25          # focal loss (deformable_detr head)
@@ -41,8 +41,9 @@ class LossWeightsConfig:
     quality_focal_beta: float = 2.0    # Quality Focal Loss (dino head): the target is the box's IoU
 
     def validate(self, prefix: str) -> None:
-        for name in ("cls", "bbox", "giou", "focal_gamma"):
+        for name in ("bbox", "giou", "focal_gamma"):
             check_range(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        check_range(self.cls is None or self.cls >= 0, f"{prefix}.cls", "must be >= 0 or null")
         check_range(0 <= self.focal_alpha <= 1, f"{prefix}.focal_alpha", "must be in [0, 1]")
 
 
@@ -82,7 +83,7 @@ class ModelConfig:
     num_queries: int = 300
     mixed_selection: bool = True       # content queries learned, positions from the two-stage proposals
     num_detections: int = 100          # eval: detections kept per image (top-k over queries x classes, or after NMS)
-    nms: Literal["none", "soft"] = "none"  # eval: none, or class-wise linear soft-NMS over the top num_queries (official Co-DINO)
+    nms: Literal["auto", "none", "soft"] = "auto"  # eval: none, or class-wise linear soft-NMS over the top num_queries; auto: the head's official (dino: soft)
     nms_iou: float = 0.8               # soft-NMS IoU threshold
     dn: DenoisingConfig = field(default_factory=DenoisingConfig)   # contrastive denoising (query_head dino)
     pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # images in [0, 1]
@@ -131,6 +132,18 @@ class ModelConfig:
             check_range(n == self.num_levels + 1, f"{p}.aux.fcos.regress_ranges",
                         f"needs one [lo, hi] pair per pyramid level: {self.num_levels + 1} with num_levels "
                         f"{self.num_levels}, got {n}")
+
+    def cls_loss_weight(self) -> float:
+        """The classification loss weight: ``loss.cls``, or the official one of the query head."""
+        if self.loss.cls is not None:
+            return self.loss.cls
+        return 1.0 if self.query_head == "dino" else 2.0
+
+    def eval_nms(self) -> str:
+        """``none`` or ``soft``: ``nms``, or the official test-time NMS of the query head."""
+        if self.nms != "auto":
+            return self.nms
+        return "soft" if self.query_head == "dino" else "none"
 
     def unused_keys(self) -> list[str]:
         """Keys (relative to ``model``) that cannot change this model: the settings of auxiliary

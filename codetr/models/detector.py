@@ -82,12 +82,12 @@ class CoDETR(nn.Module):
     def postprocess(self, logits: Tensor, boxes_cxcywh_norm: Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
         """Top-k over queries x classes (sigmoid), boxes to xyxy pixels clipped to the image.
 
-        ``model.nms: none``: the top ``num_detections``. ``soft`` (official Co-DINO): the top
+        NMS ``none`` (Co-Deformable-DETR): the top ``num_detections``. ``soft`` (official Co-DINO): the top
         ``num_queries`` candidates, class-wise linear soft-NMS, then the first ``num_detections``.
         logits [B, Q, C], boxes [B, Q, 4] -> per image {"boxes" [k, 4], "scores" [k], "labels" [k]}.
         """
         bs, num_queries, num_classes = logits.shape
-        use_nms = self.cfg.nms == "soft"
+        use_nms = self.cfg.eval_nms() == "soft"
         k = min(num_queries if use_nms else self.cfg.num_detections, num_queries * num_classes)
         scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
         query = index // num_classes
@@ -185,7 +185,7 @@ class CoDETR(nn.Module):
         ``<head>/<term>``: the head's own term weight x lambda2 x num_decoder_layers.
         """
         head, term = name.split("/", 1)
-        query_weights = {"loss_cls": self.cfg.loss.cls, "loss_bbox": self.cfg.loss.bbox,
+        query_weights = {"loss_cls": self.cfg.cls_loss_weight(), "loss_bbox": self.cfg.loss.bbox,
                          "loss_giou": self.cfg.loss.giou}
         last = term.rsplit(".", 1)[-1]
         if head == "query":
