@@ -59,8 +59,6 @@ def test_a_path_of_a_dataset_that_is_not_selected_is_an_error():
         load_config("experiments/codetr_tiny.yaml", ["data.train.ann_file=my/instances_train.json"])
     with pytest.raises(ConfigError, match=r"data.val.img_dir.*data.dataset=coco"):
         load_config(None, ["data.dataset=synthetic", "data.val.img_dir=images/val"])
-    with pytest.raises(ConfigError, match=r"data.synthetic.root.*'coco'"):
-        load_config("experiments/codetr_r50_coco.yaml", ["data.synthetic.root=/tmp/shapes"])
     cfg = load_config("experiments/codetr_tiny.yaml", ["data.dataset=coco", "data.train.ann_file=a.json",
                                                        "data.train.img_dir=a", "data.val.ann_file=b.json",
                                                        "data.val.img_dir=b"])

@@ -106,9 +106,6 @@ class DataConfig:
                 for key in ("ann_file", "img_dir"):
                     check_range(bool(getattr(getattr(self, split), key)), f"{p}.{split}.{key}",
                                 "must be set when data.dataset is 'coco'")
-            check_range(self.synthetic.root == SyntheticConfig().root, f"{p}.synthetic.root",
-                        f"is set to {self.synthetic.root!r} but {p}.dataset is 'coco': the synthetic set is not "
-                        f"used; remove it, or set {p}.dataset=synthetic")
         else:
             # a path the user set for files that this dataset would not read is a mistake, not a no-op
             for split in ("train", "val"):
