@@ -7,7 +7,7 @@ the same list translates either way.
 
 Layout facts the rules encode:
 
-* ResNet: ``conv1`` / ``bn1`` are the project's ``stem.0`` / ``stem.1``; stages keep their names.
+* backbone (ResNet, Swin): see :mod:`codetr.convert.backbone_names`.
 * neck (ChannelMapper): ``convs.i.conv`` / ``convs.i.gn`` = ``lateral.i`` / ``lateral_norm.i``,
   ``extra_convs.0.{conv,gn}`` = ``extra`` / ``extra_norm``.
 * transformer layers (mmcv BaseTransformerLayer): encoder ``attentions.0`` = ``self_attn``,
@@ -24,7 +24,10 @@ Layout facts the rules encode:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from codetr.config.schema import BackboneConfig
+from codetr.convert.backbone_names import backbone_rules
 
 # official positive-query index of each auxiliary head type (roi heads first, then bbox heads)
 OFFICIAL_AUX_ORDER = ("faster_rcnn", "atss")
@@ -40,6 +43,7 @@ class Layout:
     num_decoder_layers: int
     aux_heads: tuple[str, ...]          # the project's order (model.aux_heads)
     with_coord_feat: bool = True
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)   # model.backbone (type, size, out_indices)
 
     def official_aux_index(self, name: str) -> int:
         """The official positive-query index of the project's auxiliary head ``name``."""
@@ -48,12 +52,8 @@ class Layout:
 
 
 def _rule_list(layout: Layout) -> list[tuple[str, str]]:
-    rules: list[tuple[str, str]] = [
-        ("backbone.conv1.{leaf}", "backbone.stem.0.{leaf}"),
-        ("backbone.bn1.{leaf}", "backbone.stem.1.{leaf}"),
-    ]
-    rules += [(f"backbone.layer{s}.{{leaf}}", f"backbone.layer{s}.{{leaf}}") for s in range(1, 5)]
-    for i in range(3):
+    rules = backbone_rules(layout.backbone)
+    for i in range(len(layout.backbone.out_indices)):   # one neck input per backbone output
         rules += [(f"neck.convs.{i}.conv.{{leaf}}", f"neck.lateral.{i}.{{leaf}}"),
                   (f"neck.convs.{i}.gn.{{leaf}}", f"neck.lateral_norm.{i}.{{leaf}}")]
     rules += [("neck.extra_convs.0.conv.{leaf}", "neck.extra.{leaf}"),
