@@ -201,11 +201,12 @@ class SwinBackbone(nn.Module):
 def build_swin(cfg: BackboneConfig) -> SwinBackbone:
     """The Swin backbone of ``model.backbone`` (``type: swin``), with its ImageNet weights when
     ``pretrained`` (see :mod:`codetr.models.swin_weights`)."""
-    backbone = SwinBackbone(cfg.swin_arch(), cfg.out_indices, frozen_stages=cfg.frozen(), with_cp=cfg.with_cp)
-    if cfg.pretrained:
-        from codetr.models.swin_weights import load_swin_weights, swin_weights_path
+    from codetr.models.swin_weights import load_swin_weights, swin_weights_path
 
-        load_swin_weights(backbone, swin_weights_path(cfg))
+    path = swin_weights_path(cfg) if cfg.pretrained else None   # a missing file fails before the build
+    backbone = SwinBackbone(cfg.swin_arch(), cfg.out_indices, frozen_stages=cfg.frozen(), with_cp=cfg.with_cp)
+    if path is not None:
+        load_swin_weights(backbone, path)
     return backbone
 
 
