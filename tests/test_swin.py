@@ -16,8 +16,7 @@ from codetr.models.swin import SwinBackbone, WindowAttention, shift_mask
 from codetr.models.swin_weights import load_swin_weights, resize_bias_table
 
 TINY = SwinArch(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, drop_path_rate=0.0)
-SWIN_SMALL = ["model.backbone.type=swin", "model.backbone.pretrained=false", "model.backbone.embed_dim=16",
-              "model.backbone.depths=[2, 2, 2, 2]", "model.backbone.num_heads=[1, 2, 2, 4]"]
+SWIN_T = ["model.backbone.type=swin", "model.backbone.swin_size=t", "model.backbone.pretrained=false"]
 SMALL = ["model.num_classes=4", "model.num_queries=12", "model.embed_dims=32", "model.num_heads=4",
          "model.ffn_dims=64", "model.num_encoder_layers=1", "model.num_decoder_layers=2",
          "model.aux.faster_rcnn.fc_dims=64", "model.max_pos_queries=20"]
@@ -230,11 +229,11 @@ def test_swin_config_presets_validation_and_unused_keys():
 
 # ------------------------------------------------------------------------------------ the detector
 
-def test_detector_with_swin_trains_a_step_and_keeps_frozen_stages_frozen():
+def test_detector_with_swin_t_trains_a_step_and_keeps_frozen_stages_frozen():
     torch.manual_seed(0)
-    cfg = load_config("experiments/codetr_tiny.yaml", SMALL + SWIN_SMALL + ["model.backbone.frozen_stages=2"])
+    cfg = load_config("experiments/codetr_tiny.yaml", SMALL + SWIN_T + ["model.backbone.frozen_stages=2"])
     model = build_model(cfg).train()
-    assert model.backbone.out_channels == [32, 64, 128] and not model.backbone.patch_embed.training
+    assert model.backbone.out_channels == [192, 384, 768] and not model.backbone.patch_embed.training
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 96, 112, generator=g), torch.rand(3, 83, 97, generator=g)]
     targets = [{"boxes": torch.tensor([[8.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])},
@@ -245,6 +244,7 @@ def test_detector_with_swin_trains_a_step_and_keeps_frozen_stages_frozen():
     frozen = [model.backbone.patch_embed.proj.weight, model.backbone.stages[0].blocks[1].attn.qkv.weight]
     assert all(p.grad is None and not p.requires_grad for p in frozen)
     trained = [model.backbone.stages[1].blocks[0].attn.relative_position_bias_table,
+               model.backbone.stages[2].blocks[5].norm2.weight,
                model.backbone.stages[3].blocks[1].mlp[0].weight, model.backbone.out_norms["1"].weight]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
     model.eval()
