@@ -5,8 +5,9 @@
 
 In: an mmcv / mmdetection checkpoint (a dict with ``state_dict`` and a ``meta`` that may hold
 ``CLASSES``; released Co-DETR files are such). Every tensor is mapped to the project's names and
-checked against a model built from ``--config`` (default: the R50 recipe of its query head) with the dimensions the
-checkpoint fixes (backbone depth, widths, layers, queries, classes, auxiliary heads). The result is
+checked against a model built from ``--config`` (default: the R50 recipe of its query head) with the
+dimensions the checkpoint fixes (backbone: ResNet depth or Swin size and window; widths, layers,
+queries, classes, auxiliary heads). The result is
 a project checkpoint that ``platform.evaluate --checkpoint``, ``platform.predict --checkpoint`` and
 ``model.init_from`` accept. A coverage table says what was mapped, transformed and ignored;
 anything unexpected is an error. Files are read with ``torch.load(weights_only=True)``: no code in

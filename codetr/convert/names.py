@@ -7,7 +7,7 @@ the same list translates either way.
 
 Layout facts the rules encode:
 
-* ResNet: ``conv1`` / ``bn1`` are the project's ``stem.0`` / ``stem.1``; stages keep their names.
+* backbone (ResNet, Swin): see :mod:`codetr.convert.backbone_names`.
 * neck (ChannelMapper): ``convs.i.conv`` / ``convs.i.gn`` = ``lateral.i`` / ``lateral_norm.i``,
   ``extra_convs.0.{conv,gn}`` = ``extra`` / ``extra_norm``.
 * transformer layers (mmcv BaseTransformerLayer): encoder ``attentions.0`` = ``self_attn``,
@@ -27,7 +27,10 @@ Layout facts the rules encode:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from codetr.config.schema import BackboneConfig
+from codetr.convert.backbone_names import backbone_rules
 
 # official positive-query index of each auxiliary head type (roi heads first, then bbox heads)
 OFFICIAL_AUX_ORDER = ("faster_rcnn", "atss")
@@ -44,7 +47,7 @@ class Layout:
     aux_heads: tuple[str, ...]          # the project's order (model.aux_heads)
     with_coord_feat: bool = True
     query_head: str = "deformable_detr"  # or "dino"
-    num_backbone_levels: int = 3        # neck inputs (3: C3-C5, 4: C2-C5)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)   # model.backbone (type, size, out_indices)
 
     def official_aux_index(self, name: str) -> int:
         """The official positive-query index of the project's auxiliary head ``name``."""
@@ -53,12 +56,8 @@ class Layout:
 
 
 def _rule_list(layout: Layout) -> list[tuple[str, str]]:
-    rules: list[tuple[str, str]] = [
-        ("backbone.conv1.{leaf}", "backbone.stem.0.{leaf}"),
-        ("backbone.bn1.{leaf}", "backbone.stem.1.{leaf}"),
-    ]
-    rules += [(f"backbone.layer{s}.{{leaf}}", f"backbone.layer{s}.{{leaf}}") for s in range(1, 5)]
-    for i in range(layout.num_backbone_levels):
+    rules = backbone_rules(layout.backbone)
+    for i in range(len(layout.backbone.out_indices)):   # one neck input per backbone output
         rules += [(f"neck.convs.{i}.conv.{{leaf}}", f"neck.lateral.{i}.{{leaf}}"),
                   (f"neck.convs.{i}.gn.{{leaf}}", f"neck.lateral_norm.{i}.{{leaf}}")]
     rules += [("neck.extra_convs.0.conv.{leaf}", "neck.extra.{leaf}"),

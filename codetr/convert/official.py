@@ -4,12 +4,14 @@
 :mod:`codetr.convert.names`), checks the result against a model built from the config (every
 project tensor filled, every shape equal), and reports what it did: tensors mapped, mapped with a
 transform (the per-head embedding rows when the project orders its auxiliary heads differently),
-ignored (BatchNorm step counters, which a frozen BatchNorm does not keep) and anything unexpected,
+ignored (BatchNorm step counters, which a frozen BatchNorm does not keep; a Swin backbone's relative
+position indices, which the project recomputes from the window size) and anything unexpected,
 which is an error. ``to_official`` is the inverse: project -> official is exact, and
 project -> official -> project is the identity.
 
-The model dimensions are read off the checkpoint (backbone depth, widths, layer counts, queries,
-classes, which auxiliary heads), so one base config serves every official model of a family.
+The model dimensions are read off the checkpoint (backbone type and size: ResNet depth, Swin embed
+dim / depths / heads / window; widths, layer counts, queries, classes, which auxiliary heads), so
+one base config serves every official model of a family.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from torch import Tensor
 
 from codetr.config import Config, load_config
+from codetr.convert.backbone_names import BackboneInferenceError, infer_backbone, swin_fixed_buffers
 from codetr.convert.names import OFFICIAL_AUX_ORDER, Layout, NameMap
 
 # the 80 COCO class names in the order of the official checkpoints (meta["CLASSES"])
@@ -81,15 +84,10 @@ def _count(sd: dict, pattern: str) -> int:
 def infer_overrides(official_sd: dict[str, Tensor]) -> dict[str, object]:
     """Config values (dotted keys) that an official state dict fixes."""
     sd = official_sd
-    out: dict[str, object] = {}
-    blocks = [_count(sd, rf"^backbone\.layer{s}\.(\d+)\.conv1\.weight$") for s in range(1, 5)]
-    bottleneck = "backbone.layer1.0.conv3.weight" in sd
-    depths = {(3, 4, 6, 3, True): 50, (3, 4, 23, 3, True): 101, (2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34}
-    depth = depths.get((*blocks, bottleneck))
-    if depth is None:
-        raise ConversionError(f"unsupported backbone: ResNet stages with {blocks} blocks "
-                              f"({'bottleneck' if bottleneck else 'basic'}); supported depths 18, 34, 50, 101")
-    out["model.backbone.depth"] = depth
+    try:
+        out: dict[str, object] = infer_backbone(sd)
+    except BackboneInferenceError as e:
+        raise ConversionError(str(e)) from e
     lvl = sd.get("query_head.transformer.level_embeds")
     if lvl is None:
         raise ConversionError("no query_head.transformer.level_embeds: not a Co-DETR (Co-Deformable-DETR / Co-DINO) "
@@ -142,6 +140,8 @@ def config_for_official(official_sd: dict[str, Tensor], config_path: str | None,
     base = load_config(config_path, list(overrides))
     inferred["model.aux_heads"] = _order_heads(inferred["model.aux_heads"], list(base.model.aux_heads))
     values = [f"{k}={_yaml(v)}" for k, v in inferred.items()] + ["model.backbone.pretrained=false"]
+    if base.model.backbone.type != inferred["model.backbone.type"]:
+        values.append("model.backbone.frozen_stages=null")   # the base config's value is for the other type
     return load_config(config_path, list(overrides) + values), inferred
 
 
@@ -163,7 +163,7 @@ def layout_of(cfg: Config) -> Layout:
         raise ConversionError(f"model.aux_heads {m.aux_heads} repeats a head: the official layout has one of each")
     return Layout(m.num_encoder_layers, m.num_decoder_layers, tuple(m.aux_heads),
                   with_coord_feat=m.with_coord_feat and bool(m.aux_heads), query_head=m.query_head,
-                  num_backbone_levels=len(m.backbone.out_indices))
+                  backbone=m.backbone)
 
 
 def _check_against(model_sd: dict[str, Tensor], converted: dict[str, Tensor], what: str) -> None:
@@ -191,10 +191,17 @@ def from_official(official_sd: dict[str, Tensor], cfg: Config, model_sd: dict[st
     report = ConversionReport()
     out: dict[str, Tensor] = {}
     unexpected = []
+    fixed = swin_fixed_buffers(cfg.model.backbone)
     for src, tensor in official_sd.items():
         dst = names.to_project(src)
         if src.endswith(".num_batches_tracked") and (dst is None or dst not in model_sd):
             report.ignored.append((src, "BatchNorm step counter (the project's frozen BatchNorm keeps none)"))
+            continue
+        if src in fixed:
+            if not torch.equal(tensor.to(torch.long), fixed[src]):
+                raise ConversionError(f"{src}: not the relative position index of a {fixed[src].shape[0]}-token "
+                                      f"window (the project computes it; this checkpoint's differs)")
+            report.ignored.append((src, "Swin relative position index (fixed by the window size; recomputed)"))
             continue
         if dst is None:
             unexpected.append(src)
@@ -221,7 +228,7 @@ def from_official(official_sd: dict[str, Tensor], cfg: Config, model_sd: dict[st
 
 def to_official(project_sd: dict[str, Tensor], cfg: Config) -> tuple[dict[str, Tensor], ConversionReport]:
     """Project state dict -> official state dict (every backbone BatchNorm gets a zero step counter,
-    as the official BatchNorm keeps one)."""
+    as the official BatchNorm keeps one; a Swin block its relative position index)."""
     names = NameMap(layout_of(cfg))
     report = ConversionReport()
     out: dict[str, Tensor] = {}
@@ -242,6 +249,9 @@ def to_official(project_sd: dict[str, Tensor], cfg: Config) -> tuple[dict[str, T
         report.mapped.append((src, dst))
     if unexpected:
         raise ConversionError(f"{len(unexpected)} project tensors have no official name: {unexpected[:10]}")
+    for name, index in swin_fixed_buffers(cfg.model.backbone).items():
+        out[name] = index
+        report.added.append((name, "Swin relative position index (fixed by the window size)"))
     for name in list(out):
         if name.startswith("backbone.") and name.endswith(".running_var"):
             counter = name[: -len("running_var")] + "num_batches_tracked"

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from codetr.config.schema import ModelConfig
-from codetr.models.backbone import ResNetBackbone
+from codetr.models.backbone import build_backbone
 from codetr.models.aux.positives import select_positive_queries
 from codetr.models.criterion import QueryCriterion, layer_prefix
 from codetr.models.denoising import DenoisingQueries, build_denoising_queries
@@ -41,7 +41,7 @@ class CoDETR(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         aux_heads = aux_heads or []
-        self.backbone = ResNetBackbone(cfg.backbone)
+        self.backbone = build_backbone(cfg.backbone)
         self.neck = ChannelMapper(self.backbone.out_channels, cfg.embed_dims, masked=cfg.neck_norm == "masked_group_norm")
         head_cls = DINOQueryHead if cfg.query_head == "dino" else QueryHead
         self.query_head = head_cls(cfg, num_classes, num_aux_heads=len(aux_heads))
