@@ -188,3 +188,15 @@ def test_overfit_codino_k2_finds_the_boxes():
     with contextlib.redirect_stdout(io.StringIO()):
         ap50 = coco_ap(model.for_inference(), images, targets, num_classes=3, iou="ap50")
     assert ap50 >= 0.9, f"AP50 {ap50:.3f} after overfitting Co-DINO (losses {curve[0]:.2f} -> {curve[-1]:.2f})"
+
+
+def test_codino_with_swin_t_trains_a_step_on_four_backbone_levels():
+    """Swin-T under the DINO head: C2-C5 (strides 4-32) plus the extra level, as the official Co-DINO Swin."""
+    model = _model("[atss, faster_rcnn]", "model.backbone.type=swin", "model.backbone.swin_size=t",
+                   "model.backbone.pretrained=false")
+    assert model.backbone.out_strides == [4, 8, 16, 32] and len(model.neck.lateral) == 4
+    images, targets = _data()
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values()) and "query/dn.loss_cls" in losses
+    sum(losses.values()).backward()
+    assert model.backbone.stages[3].blocks[1].mlp[0].weight.grad.abs().sum() > 0
