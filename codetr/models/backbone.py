@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops.misc import FrozenBatchNorm2d as _TorchvisionFrozenBN
 
 from codetr.config.schema import BackboneConfig
 
@@ -29,6 +30,16 @@ def default_weights_path(depth: int) -> Path:
     """Where torchvision's hub cache keeps the ImageNet weights of ResNet-``depth``."""
     filename = os.path.basename(_WEIGHTS[depth].url)
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+class FrozenBatchNorm2d(_TorchvisionFrozenBN):
+    """BatchNorm with fixed statistics and affine parameters (buffers, not trained), computed by
+    ``F.batch_norm`` in inference mode: the same arithmetic as a BatchNorm in eval mode, so the
+    features are bitwise those of the official backbone (torchvision's version folds the statistics
+    into one scale and shift, which rounds differently in the last bit)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 class ResNetBackbone(nn.Module):
