@@ -124,3 +124,13 @@ def test_num_classes_conflict_and_missing():
     with pytest.raises(ValueError, match="num_classes"):
         build_model(cfg)
     assert build_model(cfg, num_classes=7).num_classes == 7
+
+
+def test_two_stage_selection_never_picks_invalid_positions_and_otherwise_is_the_plain_topk():
+    from codetr.models.query_head import select_valid_topk
+
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, 0.5], [0.3, 0.2, 0.8, 0.7, 0.6]])
+    invalid = torch.tensor([[False, False, False, False, False], [False, False, True, False, False]])
+    idx = select_valid_topk(scores, invalid, 3)
+    assert idx[1].tolist() == [3, 4, 0]                              # 0.8 is invalid: skipped
+    assert torch.equal(idx[0], scores[0:1].topk(3, dim=1).indices[0])  # nothing invalid picked: the plain top-k

@@ -27,7 +27,7 @@ from codetr.config.schema import ModelConfig
 from codetr.models.deformable_attention import MultiScaleDeformableAttention
 from codetr.models.denoising import DenoisingQueries
 from codetr.models.position_encoding import SinePositionalEncoding, box_position_embedding
-from codetr.models.query_head import MLP, QueryHeadOutput, encoder_proposals, valid_ratios_of
+from codetr.models.query_head import MLP, QueryHeadOutput, encoder_proposals, select_valid_topk, valid_ratios_of
 from codetr.models.transformer import DecoderLayer, DeformableEncoder, MemoryContext
 
 REF_EPS = 1e-3   # inverse_sigmoid eps of DINO's box refinement
@@ -180,8 +180,7 @@ class DINOQueryHead(nn.Module):
         enc_boxes_unact = self.enc_reg_branch(output_memory) + proposals_unact
         num_select = min(self.num_queries, enc_logits.shape[1])
         # rank by the best class; invalid positions (padding, out-of-range proposals) never selected
-        scores = enc_logits.max(-1).values.masked_fill(torch.isinf(proposals_unact[..., 0]), float("-inf"))
-        topk = scores.topk(num_select, dim=1).indices                                # [bs, num_select]
+        topk = select_valid_topk(enc_logits.max(-1).values, torch.isinf(proposals_unact[..., 0]), num_select)
         topk_logits = enc_logits.gather(1, topk[..., None].expand(-1, -1, enc_logits.shape[-1]))
         topk_boxes_unact = enc_boxes_unact.gather(1, topk[..., None].expand(-1, -1, 4))
         query = self.query_embedding.weight[:num_select][None].expand(bs, -1, -1)

@@ -49,6 +49,20 @@ class MLP(nn.Module):
         return x
 
 
+def select_valid_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
+    """[bs, N] scores, [bs, N] bool -> [bs, k] indices of the top-k scores among the valid positions.
+
+    The one deliberate deviation from the official two-stage selection, which can pick invalid
+    positions (padding, out-of-range proposals). Where the plain top-k picks none, it is returned as
+    it is, so that ties break exactly as in the official code; only otherwise are the invalid
+    positions masked and the top-k taken again.
+    """
+    topk = scores.topk(k, dim=1).indices
+    if bool(invalid.gather(1, topk).any()):
+        topk = scores.masked_fill(invalid, float("-inf")).topk(k, dim=1).indices
+    return topk
+
+
 def valid_ratios_of(mask: Tensor) -> Tensor:
     """mask [bs, h, w] (True = padding) -> [bs, 2] valid (w, h) fractions."""
     _, h, w = mask.shape
@@ -206,8 +220,7 @@ class QueryHead(nn.Module):
         enc_logits = self.enc_cls_branch(output_memory)  # [bs, num_keys, num_classes]
         enc_boxes_unact = self.enc_reg_branch(output_memory) + proposals_unact
         num_select = min(self.num_queries, enc_logits.shape[1])
-        selection_scores = enc_logits[..., 0].masked_fill(torch.isinf(proposals_unact[..., 0]), float("-inf"))
-        topk = selection_scores.topk(num_select, dim=1).indices  # [bs, num_select]
+        topk = select_valid_topk(enc_logits[..., 0], torch.isinf(proposals_unact[..., 0]), num_select)  # [bs, num_select]
         topk_boxes_unact = enc_boxes_unact.gather(1, topk[..., None].expand(-1, -1, 4)).detach()
         pos_trans = self.pos_trans_norm(self.pos_trans(box_position_embedding(topk_boxes_unact, self.embed_dims // 2)))
         query_pos, query = pos_trans.split(self.embed_dims, dim=-1)
