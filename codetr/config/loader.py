@@ -16,8 +16,10 @@ from typing import Any, Union
 
 import yaml
 
+from codetr.errors import CodetrError
 
-class ConfigError(ValueError):
+
+class ConfigError(CodetrError, ValueError):
     """A config file, override or value is invalid; the message names the key."""
 
 
