@@ -43,7 +43,7 @@ class NonFiniteLossError(CodetrError, FloatingPointError):
         if len(terms) > 8:
             shown += f", ... ({len(terms)} terms)"
         files = ", ".join(file_names[:8]) + (" ..." if len(file_names) > 8 else "")
-        message = (f"non-finite {what} at iteration {iteration}: {shown or 'no finite value'}; "
+        message = (f"non-finite {what} at iteration {iteration}{': ' + shown if shown else ''}; "
                    f"batch image ids {image_ids[:8]}{' ...' if len(image_ids) > 8 else ''}"
                    f"{f' ({files})' if files else ''}")
         super().__init__(message + (f". {hint}" if hint else ""))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from codetr.config.loader import check_range
 
@@ -25,6 +26,9 @@ class TrainConfig:
     eval_every: int = 1                # evaluate every N epochs (and always after the last); 0: only at the end
     log_every: int = 20                # iterations between metric logs / progress lines
     checkpoint_every: int = 1          # checkpoint every N epochs (and always after the last); 0: only at the end
+    # a non-finite loss or gradient: stop with an error naming the iteration, terms and images, or skip the step
+    on_nonfinite: Literal["error", "skip"] = "error"
+    max_skipped_steps: int = 10        # on_nonfinite=skip: more skipped steps than this in a run is an error
 
     def validate(self, prefix: str) -> None:
         check_range(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
@@ -37,6 +41,7 @@ class TrainConfig:
         check_range(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1")
         check_range(self.eval_every >= 0, f"{prefix}.eval_every", "must be >= 0")
         check_range(self.checkpoint_every >= 0, f"{prefix}.checkpoint_every", "must be >= 0")
+        check_range(self.max_skipped_steps >= 0, f"{prefix}.max_skipped_steps", "must be >= 0")
 
 
 @dataclass
