@@ -55,6 +55,7 @@ class PlatformConfig:
     run_name: str | None = None        # Ray Train + MLflow run name; null: <experiment>-<timestamp>; reused: resumes
     experiment_name: str = "codetr"    # MLflow experiment
     max_failures: int = 0              # Ray Train restarts from the last checkpoint after a worker failure
+    resource_wait_s: float = 600.0     # longest wait for the workers' CPUs / GPUs at each (re)start, then fail
     num_to_keep: int = 2               # checkpoints kept by Ray Train in storage
     find_unused_parameters: bool = False  # DDP: every parameter gets a gradient for any K (tests/test_collaborative.py)
     log_checkpoints: bool = True       # upload the last and the best checkpoint to MLflow
@@ -66,4 +67,5 @@ class PlatformConfig:
         check_range(self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
                     f"{prefix}.placement_strategy", "must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
         check_range(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1: unlimited)")
+        check_range(self.resource_wait_s > 0, f"{prefix}.resource_wait_s", "must be > 0")
         check_range(self.num_to_keep >= 1, f"{prefix}.num_to_keep", "must be >= 1")

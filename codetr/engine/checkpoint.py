@@ -107,10 +107,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             state = torch.load(file, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:   # weights_only refused a global: not a plain-data checkpoint
+    except pickle.UnpicklingError as e:
         found = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
-        raise CheckpointError(str(file), "refused: it holds objects other than tensors and plain data "
-                                         f"({found[0] if found else str(e).splitlines()[0]})") from None
+        if found:   # weights_only refused a global: not a plain-data checkpoint
+            raise CheckpointError(str(file), f"refused: it holds objects other than tensors and plain data "
+                                             f"({found[0]})") from None
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [type(e).__name__]
+        raise CheckpointError(str(file), f"unreadable: truncated or corrupt ({detail[0][:200]})") from None
     except Exception as e:   # truncated zip, garbage bytes, an empty file: torch raises many kinds
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(str(file), f"unreadable: truncated or corrupt ({type(e).__name__}: {first})") from None
