@@ -93,15 +93,14 @@ def _load_start_checkpoint(resume_from: str | None, warn) -> tuple[dict | None, 
 
 
 def record_restart(logger, iteration: int, source: str) -> int:
-    """Count a restart from a checkpoint in the run: metric ``platform/restarts`` (the count so far, at the
-    iteration restarted from) and tags ``platform.restarts`` / ``platform.last_restart``."""
+    """Count a restart from a checkpoint in the run: metric ``platform/restart_from_iteration`` gets one
+    value per restart (step = the restart's number, value = the iteration it went back to), tag
+    ``platform.restarts`` the count. Returns the count."""
     try:
-        previous = max((m.value for m in logger.client.get_metric_history(logger.run_id, "platform/restarts")),
-                       default=0)
-    except Exception:   # the store is away: count from the spool's point of view
-        previous = 0
-    count = int(previous) + 1
-    logger.log_metrics({"platform/restarts": count}, step=iteration)
+        count = len(logger.client.get_metric_history(logger.run_id, "platform/restart_from_iteration")) + 1
+    except Exception:   # the store is away: the count is unknown here (the tag still says where it went back to)
+        count = 1
+    logger.log_metrics({"platform/restart_from_iteration": iteration}, step=count)
     logger.set_tags({"platform.restarts": str(count), "platform.last_restart": f"iteration {iteration} from {source}"})
     return count
 

@@ -80,11 +80,13 @@ def read_image_rgb(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Tens
     path = Path(path)
     if not path.is_file():
         raise BadImageError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise BadImageError(path, "file is empty")
     try:
         with _quiet_codec_deprecation():
             data = read_file(str(path))
     except (OSError, RuntimeError) as e:
-        raise BadImageError(path, f"cannot read: {e}") from e
+        raise BadImageError(path, f"cannot read: {_codec_reason(e)}") from e
     if data.numel() == 0:
         raise BadImageError(path, "file is empty")
     size = header_size(data[:262144].numpy().tobytes())
