@@ -274,6 +274,9 @@ def describe(spec) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from platform.runtime import keep_local_ray_on_loopback
+
+    keep_local_ray_on_loopback()   # before anything imports ray: a local cluster listens on 127.0.0.1 only
     import yaml
 
     from codetr.config import ConfigError, flatten, to_dict

@@ -154,7 +154,7 @@ def chain(workdir, cluster, reference):
                              capture_output=True, text=True, timeout=120)
     evidence["listing"] = listing.stdout + listing.stderr
     # 4. the latest checkpoint (iteration 8) is truncated, then the same command again
-    newest = sorted((workdir / "runs" / "chain").glob("checkpoint_*"))[-1] / CHECKPOINT_FILE
+    newest = sorted(d for d in (workdir / "runs" / "chain").glob("checkpoint_*") if d.is_dir())[-1] / CHECKPOINT_FILE
     assert load_checkpoint(newest)["iteration"] == 8
     newest.write_bytes(newest.read_bytes()[:1000])
     evidence["truncated"] = str(newest)

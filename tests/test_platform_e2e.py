@@ -219,6 +219,10 @@ def test_a_failing_worker_ends_the_run_failed(tmp_path):
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "gives no full batch" in proc.stdout + proc.stderr
     assert "Run broken: FAILED" in proc.stdout
+    # one line naming the worker's error; the traceback in a file; no resume offered without a checkpoint
+    assert "[platform] training failed: ValueError (worker rank " in proc.stderr
+    assert "Full traceback: " in proc.stdout and "No checkpoint was written" in proc.stdout
+    assert "Continue from the latest checkpoint" not in proc.stdout
     _, runs = _runs(tmp_path, "broken")
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
 
