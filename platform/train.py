@@ -60,10 +60,13 @@ def _prepare_data(cfg):
     for it) and gives num_classes. Returns ``(num_classes, train_images)``; (None, None) when the
     data is not readable here (e.g. it lives only on the worker nodes)."""
     from codetr.data import build_dataset
+    from codetr.errors import CodetrError
 
     try:
         ds = build_dataset(cfg, "train")
         build_dataset(cfg, "val")
+    except CodetrError:   # a readable but bad annotation file, images missing with on_bad_image=error
+        raise
     except (FileNotFoundError, OSError) as e:
         print(f"[platform] note: the dataset is not readable on the driver ({e}); the workers will load it",
               flush=True)

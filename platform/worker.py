@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 PROGRESS_PREFIX = "[train]"
-FINAL_FLUSH_S = 10.0   # at the end, how long rank 0 keeps retrying a spool before leaving it to the driver
+FINAL_FLUSH_S = 0.0    # at the end rank 0 tries its spool once more; the driver tries again after it
 
 
 def make_loop_config(cfg_dict: dict, *, tracking_uri: str, mlflow_run_id: str | None = None,

@@ -299,3 +299,22 @@ def test_malformed_sweep_file_is_one_named_error(tmp_path, case, text, message):
     with pytest.raises(ConfigError) as info:
         parse_sweep(path)
     _named(info.value, message)
+
+
+def test_the_driver_prints_a_bad_annotation_file_on_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = coco_dict()
+    data["annotations"][0]["category_id"] = 999
+    ann_file, img_dir = write_dataset(tmp_path, data)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [sys.executable, "-m", "platform.train", "data.dataset=coco", f"data.train.ann_file={ann_file}",
+            f"data.train.img_dir={img_dir}", f"data.val.ann_file={ann_file}", f"data.val.img_dir={img_dir}",
+            f"platform.storage_path={tmp_path}/runs"]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"data error: {ann_file}: annotation id 100: category_id 999 is not in 'categories'"]
