@@ -144,8 +144,14 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     return f"started a local Ray cluster ({max(os.cpu_count() or 1, need)} CPUs, listening on {where})"
 
 
-def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list | None = None):
-    """The Ray Train V2 ``TorchTrainer`` of a training run (``RunConfig.name`` = ``run_name``)."""
+def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list | None = None,
+                  queue_for_capacity: bool = False):
+    """The Ray Train V2 ``TorchTrainer`` of a training run (``RunConfig.name`` = ``run_name``).
+
+    Each (re)start of the workers waits at most ``platform.resource_wait_s`` for their resources,
+    then the run fails (Ray Train's default: 60 s, then again, forever). ``queue_for_capacity``
+    (a sweep's trials, which queue for each other's CPUs / GPUs) keeps Ray Train's retries.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -153,9 +159,8 @@ def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list
     from platform.worker import train_loop_per_worker
 
     p = cfg.platform
-    # each (re)start of the workers waits at most resource_wait_s for their resources, then the run
-    # fails (Ray Train's default: 60 s, then again, forever); read by Ray Train from the driver's env
-    os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = str(p.resource_wait_s)
+    if not queue_for_capacity:   # read by Ray Train from the driver's environment
+        os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = str(p.resource_wait_s)
     resources = {"CPU": p.cpus_per_worker}
     if p.use_gpu:
         resources["GPU"] = p.gpus_per_worker
@@ -164,7 +169,8 @@ def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list
     run_config = RunConfig(
         name=run_name,
         storage_path=p.storage_path,
-        failure_config=FailureConfig(max_failures=p.max_failures, controller_failure_limit=0),
+        failure_config=FailureConfig(max_failures=p.max_failures,
+                                     controller_failure_limit=-1 if queue_for_capacity else 0),
         checkpoint_config=CheckpointConfig(num_to_keep=p.num_to_keep),
         callbacks=callbacks,
     )

@@ -55,7 +55,7 @@ class PlatformConfig:
     run_name: str | None = None        # Ray Train + MLflow run name; null: <experiment>-<timestamp>; reused: resumes
     experiment_name: str = "codetr"    # MLflow experiment
     max_failures: int = 0              # Ray Train restarts from the last checkpoint after a worker failure
-    resource_wait_s: float = 600.0     # longest wait for the workers' CPUs / GPUs at each (re)start, then fail
+    resource_wait_s: float = 600.0     # longest wait for the workers' CPUs / GPUs at each (re)start, then fail (sweep trials queue)
     num_to_keep: int = 2               # checkpoints kept by Ray Train in storage
     find_unused_parameters: bool = False  # DDP: every parameter gets a gradient for any K (tests/test_collaborative.py)
     log_checkpoints: bool = True       # upload the last and the best checkpoint to MLflow
