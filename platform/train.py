@@ -178,12 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     from codetr.errors import CodetrError
     from platform import tracking
     from platform.checkpoints import latest_checkpoint
-    from mlflow.tracking import MlflowClient
-
-    from platform.failures import describe_failure, first_line, restore_end_state, write_traceback
+    from platform.failures import describe_failure, first_line, write_traceback
     from platform.runs import RESUME_COMMAND, driver_tags
     from platform.runtime import build_trainer, check_run_name, default_run_name, init_ray, load_run_config
-    from platform.spool import Spool, end_run_or_spool, spool_dir
+    from platform.spool import Spool, spool_dir
     from platform.worker import make_loop_config
 
     argv = sys.argv[1:] if argv is None else argv
@@ -269,18 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[platform] training failed: {error_line}", file=sys.stderr, flush=True)
     finally:
         try:
-            checkpoint_path = checkpoint_path or latest_checkpoint(cfg.platform.storage_path, run_name) or (
-                resume_from if status != "FINISHED" else None)
-            no_progress = status == "FAILED" and before is not None and \
-                latest_checkpoint(cfg.platform.storage_path, run_name) == checkpoint_before
-            if no_progress and Spool(folder).pending() == 0:
-                # a resume that failed before its first checkpoint leaves the run as it was
-                restored = restore_end_state(MlflowClient(tracking_uri), run_id, *before,
-                                             error_line or status)
-                print(f"[platform] the resume failed before any checkpoint: MLflow run {run_id} keeps its "
-                      f"recorded state ({restored})", flush=True)
-            else:
-                end_run_or_spool(tracking_uri, run_id, status, folder)
+            latest = latest_checkpoint(cfg.platform.storage_path, run_name)
+            checkpoint_path = checkpoint_path or latest or (resume_from if status != "FINISHED" else None)
+            # a resume that failed before its first checkpoint leaves the run's recorded end as it was
+            restore = before if status == "FAILED" and latest == checkpoint_before else None
+            _end_mlflow_run(tracking_uri, run_id, status, folder, restore, error_line)
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
             if ray.is_initialized():
@@ -289,6 +280,26 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(status, run_name, tracking_uri, run_id, time.time() - start, checkpoint_path, argv,
                   error=error_line, traceback_file=traceback_file, spool=str(folder) if pending else None)
     return code
+
+
+def _end_mlflow_run(tracking_uri: str, run_id: str, status: str, spool_folder, restore, error_line) -> None:
+    """End the MLflow run ``status`` (or in its spool while the store is away); with ``restore`` (the
+    ``(status, end_time)`` the run had before this failed resume) put that back instead."""
+    from mlflow.tracking import MlflowClient
+
+    from platform.failures import restore_end_state
+    from platform.spool import Spool, end_run_or_spool, is_transient
+
+    if restore is not None and Spool(spool_folder).pending() == 0:
+        try:
+            restored = restore_end_state(MlflowClient(tracking_uri), run_id, *restore, error_line or status)
+            print(f"[platform] the resume failed before any checkpoint: MLflow run {run_id} keeps its recorded "
+                  f"state ({restored})", flush=True)
+            return
+        except Exception as e:
+            if not is_transient(e):
+                raise
+    end_run_or_spool(tracking_uri, run_id, status, spool_folder)
 
 
 class _DriverAlive(Exception):
