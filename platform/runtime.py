@@ -57,6 +57,8 @@ def absolutize_paths(cfg: Config, base: str | Path | None = None) -> Config:
     for split in (data.train, data.val):
         split.ann_file = _absolute(split.ann_file, base)
         split.img_dir = _absolute(split.img_dir, base)
+    if cfg.model.init_from:
+        cfg.model.init_from = _absolute(cfg.model.init_from, base)
     if cfg.model.backbone.weights_path:
         cfg.model.backbone.weights_path = _absolute(cfg.model.backbone.weights_path, base)
     cfg.platform.storage_path = _absolute(cfg.platform.storage_path, base)

@@ -60,19 +60,46 @@ def progress_line(run_name: str, record) -> str:
             f"ETA {_format_eta(record.eta_s)}")
 
 
-def _build_loaders(cfg, train_ds, val_ds, collate_fn):
+def _build_loaders(cfg, train_ds, val_ds, collate_fn, rank: int, world_size: int):
     from ray.train.torch import prepare_data_loader
     from torch.utils.data import DataLoader
 
+    from codetr.data.build import group_sampler
+
     workers = cfg.data.num_workers
-    train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
-                              num_workers=workers, collate_fn=collate_fn)
-    val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False, drop_last=False,
+    if cfg.data.group_by_aspect_ratio:
+        # batches of one orientation, sharded over the workers by the sampler itself (official GroupSampler)
+        sampler = group_sampler(train_ds, cfg.data.batch_size, seed=cfg.train.seed, num_replicas=world_size,
+                                rank=rank)
+        train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
+                                  num_workers=workers, collate_fn=collate_fn)
+        train_loader = prepare_data_loader(train_loader, add_dist_sampler=False, move_to_device=False)
+    else:
+        train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=workers, collate_fn=collate_fn)
+        train_loader = prepare_data_loader(train_loader, move_to_device=False)
+    val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size, shuffle=False, drop_last=False,
                             num_workers=workers, collate_fn=collate_fn)
     # DistributedSampler per worker; batches are moved to the device by the loop
-    train_loader = prepare_data_loader(train_loader, move_to_device=False)
     val_loader = prepare_data_loader(val_loader, move_to_device=False)
     return train_loader, val_loader
+
+
+def _init_from(model, cfg, category_names: list[str], rank: int, run_name: str, logger) -> None:
+    """Fine-tuning start: ``model.init_from``'s weights (every rank), reported by rank 0."""
+    import json
+
+    from codetr.engine.init_from import apply_init_from
+
+    report = apply_init_from(model, cfg.model.init_from, category_names)
+    if rank == 0:
+        say(f"{PROGRESS_PREFIX} {run_name}  {report.summary()}")
+        if report.new_classes:
+            say(f"{PROGRESS_PREFIX} {run_name}  classes not in the checkpoint (their class rows start fresh): "
+                f"{', '.join(report.new_classes)}")
+        if logger is not None:
+            logger.log_text(json.dumps(report.as_dict(), indent=1), "init_from/report.json")
+            logger.set_tags({"platform.init_from": str(cfg.model.init_from)})
 
 
 def _load_start_checkpoint(resume_from: str | None, warn) -> tuple[dict | None, str | None]:
@@ -235,7 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     try:
         train_ds = build_dataset(cfg, "train")
         val_ds = build_dataset(cfg, "val")
-        train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn)
+        train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn, rank, world_size)
         iters_per_epoch = len(train_loader)
         if iters_per_epoch == 0:
             raise ValueError(f"the training set ({len(train_ds)} images) gives no full batch of "
@@ -249,6 +276,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 say(f"{PROGRESS_PREFIX} {run_name}  WARNING: {line}")
         if state is not None:
             model.load_state_dict(state["model"])
+        elif cfg.model.init_from:
+            _init_from(model, cfg, list(train_ds.category_names), rank, run_name, logger)
         model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": cfg.platform.find_unused_parameters})
         device = ray.train.torch.get_device()

@@ -21,7 +21,7 @@ class TrainConfig:
     lr_gamma: float = 0.1              # lr factor at each of lr_steps
     warmup_iters: int = 0              # linear lr warm-up over this many iterations
     warmup_ratio: float = 0.001        # warm-up starts at lr x warmup_ratio
-    amp: bool = True                   # bf16 autocast on GPU (ignored on CPU)
+    amp: bool = False                  # bf16 autocast on GPU (ignored on CPU); official: fp32
     seed: int = 0                      # base seed; worker rank r uses seed + r
     eval_every: int = 1                # evaluate every N epochs (and always after the last); 0: only at the end
     log_every: int = 20                # iterations between metric logs / progress lines
