@@ -74,6 +74,15 @@ class Driver:
         self._reader.join(timeout=10)
 
 
+def worker_pid(driver: Driver, rank: int, start: int = 0) -> int:
+    """The pid of ``rank`` in the latest worker group the driver's output announced after line ``start``
+    (Ray Train prints ``- (ip=..., pid=N) world_rank=R, ...`` when a group starts)."""
+    pids = [int(m.group(1)) for line in driver.lines[start:]
+            for m in [re.search(rf"pid=(\d+)\) world_rank={rank},", line)] if m]
+    assert pids, f"no worker group announced after line {start}:\n{driver.output[-3000:]}"
+    return pids[-1]
+
+
 def ray_processes(kind: str) -> list[psutil.Process]:
     """This test process's Ray processes of one kind (``RayTrainWorker``, ``TrainController``): descendants
     only, never another session's."""
