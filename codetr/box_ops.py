@@ -76,3 +76,12 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """log(x / (1 - x)) with x clamped to [eps, 1 - eps] (the reference's numerically safe form)."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def aligned_box_iou(boxes1_xyxy: Tensor, boxes2_xyxy: Tensor, eps: float = 1e-6) -> Tensor:
+    """IoU of row i of ``boxes1`` with row i of ``boxes2``: [N, 4] x [N, 4] -> [N] (union >= eps)."""
+    lt = torch.maximum(boxes1_xyxy[:, :2], boxes2_xyxy[:, :2])
+    rb = torch.minimum(boxes1_xyxy[:, 2:], boxes2_xyxy[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = box_area(boxes1_xyxy) + box_area(boxes2_xyxy) - inter
+    return inter / union.clamp(min=eps)

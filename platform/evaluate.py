@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=None, help="experiment YAML (default: the checkpoint's config)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: data.batch_size")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: data.eval_batch_size")
     parser.add_argument("--mlflow", action="store_true", help="log the metrics as a new MLflow run")
     parser.add_argument("--run-id", default=None, help="log the metrics into this existing MLflow run")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON")
@@ -53,7 +53,7 @@ def evaluate_checkpoint(checkpoint: str, config: str | None = None, overrides: l
     model, cfg, state = model_from_checkpoint(checkpoint, config, overrides)
     model = model.for_inference().to(device)
     val_ds = build_dataset(cfg, "val")
-    loader = DataLoader(val_ds, batch_size=batch_size or cfg.data.batch_size, shuffle=False,
+    loader = DataLoader(val_ds, batch_size=batch_size or cfg.data.eval_batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate_fn)
     metrics, _ = evaluate(model, loader, CocoEvaluator(val_ds), torch.device(device), amp=cfg.train.amp)
     return metrics, state

@@ -14,6 +14,7 @@ the model's metadata (``label_names``, ``input_size``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,30 @@ class OnnxDetector(nn.Module):
         return boxes_xyxy, scores, labels
 
 
+def masked_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
+    """[bs, N] scores, [bs, N] bool -> [bs, k] indices of the top-k valid scores, without a data-dependent branch."""
+    return scores.masked_fill(invalid, float("-inf")).topk(k, dim=1).indices
+
+
+@contextlib.contextmanager
+def traceable_two_stage_selection():
+    """The model's two-stage selection (``codetr.models.query_head.select_valid_topk``) takes the plain
+    top-k, or the masked one when the plain one picks an invalid position: a branch on the data, of which
+    a trace would keep only the one its example input took. While exporting, the masked top-k stands in:
+    it picks the same positions in both cases."""
+    from codetr.models import query_head
+
+    original = getattr(query_head, "select_valid_topk", None)
+    if original is None:   # no such branch in this model version
+        yield
+        return
+    query_head.select_valid_topk = masked_topk
+    try:
+        yield
+    finally:
+        query_head.select_valid_topk = original
+
+
 def export_onnx(predictor, path: str | Path, height: int, width: int, opset: int = DEFAULT_OPSET) -> Path:
     """Export ``predictor.model`` (a :class:`codetr.inference.Predictor`) for ``height`` x ``width`` inputs."""
     import warnings
@@ -72,7 +97,7 @@ def export_onnx(predictor, path: str | Path, height: int, width: int, opset: int
     module = OnnxDetector(predictor.model.cpu()).eval()
     example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     batch_axis = {0: "batch"}
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), traceable_two_stage_selection():
         # the tracer's notes on Python ints and shapes are the fixed input size, by design
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TorchScript-based ONNX export")

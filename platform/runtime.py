@@ -14,8 +14,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO_ROOT / "experiments"
 DEFAULT_CONFIG = "codetr_tiny"
 
-# Not uploaded with the working dir to Ray workers (gitignore patterns; .gitignore is honoured too)
-UPLOAD_EXCLUDES = [".git/", ".venv/", "data/", "runs/", "outputs/", "mlruns/", "mlartifacts/", "mlflow.db",
+# Not uploaded with the working dir to Ray workers (gitignore patterns; .gitignore is honoured too).
+# Folders anchored at the root: an unanchored "data/" also dropped the package codetr/data, which the
+# workers then imported from wherever the project happened to be installed (or not at all on other nodes).
+UPLOAD_EXCLUDES = [".git/", ".venv/", "/data/", "/runs/", "/outputs/", "/mlruns/", "/mlartifacts/", "mlflow.db",
                    "*.db", "*.pt", "*.pth", ".pytest_cache/", "__pycache__/"]
 
 
@@ -55,6 +57,8 @@ def absolutize_paths(cfg: Config, base: str | Path | None = None) -> Config:
     for split in (data.train, data.val):
         split.ann_file = _absolute(split.ann_file, base)
         split.img_dir = _absolute(split.img_dir, base)
+    if cfg.model.init_from:
+        cfg.model.init_from = _absolute(cfg.model.init_from, base)
     if cfg.model.backbone.weights_path:
         cfg.model.backbone.weights_path = _absolute(cfg.model.backbone.weights_path, base)
     cfg.platform.storage_path = _absolute(cfg.platform.storage_path, base)
@@ -94,6 +98,22 @@ def _job_runtime_env() -> dict:
     return job.get("runtime_env", job) or {}
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_local_ray_on_loopback() -> None:
+    """A local Ray cluster (no ``RAY_ADDRESS``) listens on 127.0.0.1 only, not on every interface.
+
+    Ray reads this switch once, when it is imported (its single-machine mode, the default on macOS
+    and Windows: node address 127.0.0.1, every server bound to it). Call before anything imports
+    ray; joining a cluster (``RAY_ADDRESS``) is left as it is.
+    """
+    import sys
+
+    if not os.environ.get("RAY_ADDRESS") and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
 def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     """Join the cluster of ``RAY_ADDRESS`` (e.g. under ``ray job submit``), else start a local one.
 
@@ -128,18 +148,28 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     need = cfg.platform.num_workers * cfg.platform.cpus_per_worker
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True,
              **quiet)
-    return f"started a local Ray cluster ({max(os.cpu_count() or 1, need)} CPUs)"
+    where = "127.0.0.1 only" if ray.util.get_node_ip_address() == "127.0.0.1" else ray.util.get_node_ip_address()
+    return f"started a local Ray cluster ({max(os.cpu_count() or 1, need)} CPUs, listening on {where})"
 
 
-def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list | None = None):
-    """The Ray Train V2 ``TorchTrainer`` of a training run (``RunConfig.name`` = ``run_name``)."""
+def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list | None = None,
+                  queue_for_capacity: bool = False):
+    """The Ray Train V2 ``TorchTrainer`` of a training run (``RunConfig.name`` = ``run_name``).
+
+    Each (re)start of the workers waits at most ``platform.resource_wait_s`` for their resources,
+    then the run fails (Ray Train's default: 60 s, then again, forever). ``queue_for_capacity``
+    (a sweep's trials, which queue for each other's CPUs / GPUs) keeps Ray Train's retries.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from platform.console import train_logging_config
+    from platform.failures import WORKER_GROUP_START_TIMEOUT_ENV
     from platform.worker import train_loop_per_worker
 
     p = cfg.platform
+    if not queue_for_capacity:   # read by Ray Train from the driver's environment
+        os.environ[WORKER_GROUP_START_TIMEOUT_ENV] = str(p.resource_wait_s)
     resources = {"CPU": p.cpus_per_worker}
     if p.use_gpu:
         resources["GPU"] = p.gpus_per_worker
@@ -148,7 +178,8 @@ def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list
     run_config = RunConfig(
         name=run_name,
         storage_path=p.storage_path,
-        failure_config=FailureConfig(max_failures=p.max_failures),
+        failure_config=FailureConfig(max_failures=p.max_failures,
+                                     controller_failure_limit=-1 if queue_for_capacity else 0),
         checkpoint_config=CheckpointConfig(num_to_keep=p.num_to_keep),
         callbacks=callbacks,
         logging_config=train_logging_config(),

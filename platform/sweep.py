@@ -156,7 +156,7 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     loop_config = make_loop_config(cfg_dict, tracking_uri=tracking_uri, mlflow_run_id=run_id)
     fitted = threading.Event()
     _exit_when_stopped(fitted)
-    build_trainer(cfg, loop_config, run_name, callbacks=[TuneReportCallback()]).fit()
+    build_trainer(cfg, loop_config, run_name, callbacks=[TuneReportCallback()], queue_for_capacity=True).fit()
     # Only a completed run is closed here: a trial that Tune stops (ASHA) or that fails is closed by
     # ChildRunStatusCallback in the sweep driver.
     end_child(MlflowClient(tracking_uri), run_id, "FINISHED", "finished")
@@ -290,7 +290,9 @@ def describe(spec) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from platform import console
+    from platform.runtime import keep_local_ray_on_loopback
 
+    keep_local_ray_on_loopback()   # before anything imports ray: a local cluster listens on 127.0.0.1 only
     console.set_verbose(args.verbose)
     console.configure_driver()
     import yaml

@@ -287,7 +287,7 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         try:
             raw = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     sweep_overrides, base_overrides = _split_overrides(list(overrides))

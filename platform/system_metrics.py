@@ -26,3 +26,14 @@ def start_monitor(tracking_uri: str, run_id: str | None, interval_s: float, *, l
                                    tracking_uri=tracking_uri)
     monitor.start()
     return monitor
+
+
+def stop_monitor(monitor, timeout_s: float = 30.0) -> bool:
+    """Stop ``monitor`` and flush its last metrics, waiting at most ``timeout_s`` (an unreachable tracking
+    server must not hold the end of training). Returns whether it finished in time."""
+    import threading
+
+    done = threading.Thread(target=monitor.finish, name="system-metrics-stop", daemon=True)
+    done.start()
+    done.join(timeout_s)
+    return not done.is_alive()

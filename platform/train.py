@@ -41,7 +41,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--register", metavar="NAME",
                         help="register the run's deployable MLflow model in the Model Registry under NAME")
     parser.add_argument("--verbose", action="store_true",
-                        help="also print Ray's and MLflow's INFO lines (hidden by default: platform/console.py)")
+                        help="print full tracebacks of errors, and Ray's and MLflow's INFO lines (hidden by "
+                             "default: platform/console.py)")
 
 
 def derived_params(cfg, *, world_size: int, num_classes: int | None, train_images: int | None) -> dict:
@@ -69,11 +70,14 @@ def _prepare_data(cfg):
     the MLflow dataset descriptions of both splits); (num_classes of the config, None, []) when the
     data is not readable here (e.g. it lives only on the worker nodes)."""
     from codetr.data import build_dataset
+    from codetr.errors import CodetrError
     from platform.datasets_tracking import describe
 
     try:
         ds = build_dataset(cfg, "train")
         val_ds = build_dataset(cfg, "val")
+    except CodetrError:   # a readable but bad annotation file, images missing with on_bad_image=error
+        raise
     except (FileNotFoundError, OSError) as e:
         print(f"[platform] note: the dataset is not readable on the driver ({e}); the workers will load it",
               flush=True)
@@ -119,30 +123,48 @@ def resume_command(argv: list[str], run_name: str) -> str:
 
 
 def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, elapsed: float,
-                  checkpoint_path: str | None, argv: list[str] | None = None, model=None) -> None:
+                  checkpoint_path: str | None, argv: list[str] | None = None, *, error: str | None = None,
+                  traceback_file: str | None = None, spool: str | None = None, model=None) -> None:
+    """The lines a person reads at the end: outcome, metrics, checkpoint, how to continue, where to look.
+
+    A resume command is offered only when there is a checkpoint to resume from; a spool that still
+    holds MLflow calls (the tracking server was unreachable) is named with the command that uploads it;
+    ``model``: the run's MLflow model (:class:`platform.mlflow_model.LoggedDetector`), with how to serve it.
+    """
     from mlflow.tracking import MlflowClient
 
+    from platform.spool import upload_command
     from platform.tracking import ui_command, ui_url
 
     metrics = {}
     experiment_id = None
-    try:
-        run = MlflowClient(tracking_uri).get_run(run_id)
-        metrics, experiment_id = run.data.metrics, run.info.experiment_id
-    except Exception as e:   # the summary must not hide the training result
-        print(f"[platform] could not read the MLflow run back: {e}")
+    if spool is None:
+        try:
+            run = MlflowClient(tracking_uri).get_run(run_id)
+            metrics, experiment_id = run.data.metrics, run.info.experiment_id
+        except Exception as e:   # the summary must not hide the training result
+            print(f"[platform] could not read the MLflow run back: {str(e).strip().splitlines()[0][:300]}")
     coco = {k: metrics[k] for k in ("coco/AP", "coco/AP50", "coco/AP75", "coco/APs", "coco/APm", "coco/APl")
             if k in metrics}
     print("\n" + "=" * 72)
     print(f"Run {run_name}: {status} in {elapsed / 60:.1f} min")
+    if error:
+        print(f"Error: {error}")
+        if traceback_file:
+            print(f"Full traceback: {traceback_file}  (or run again with --verbose)")
     if coco:
         print("Final COCO metrics: " + "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items()))
     if "train/loss" in metrics:
         print(f"Final train/loss: {metrics['train/loss']:.4f}")
     if checkpoint_path:
         print(f"Latest checkpoint: {checkpoint_path}")
-    if status != "FINISHED":
-        print(f"Continue from the latest checkpoint: {resume_command(argv or [], run_name)}")
+        if status != "FINISHED":
+            print(f"Continue from the latest checkpoint: {resume_command(argv or [], run_name)}")
+    elif status != "FINISHED":
+        print("No checkpoint was written: running the same command again starts over")
+    if spool:
+        print(f"MLflow was unreachable: its calls wait in the spool {spool}")
+        print(f"Upload them once the server is back: {upload_command(spool, tracking_uri)}")
     print(f"MLflow run id: {run_id}  (experiment {experiment_id}, tracking URI {tracking_uri})")
     if model is not None:
         from platform.mlflow_model import serve_command
@@ -157,22 +179,37 @@ def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, el
     print("=" * 72, flush=True)
 
 
+# the driver's own MLflow requests: a few quick retries, not MLflow's default of minutes per call
+DRIVER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from platform import console
+    from platform.runtime import keep_local_ray_on_loopback
 
+    keep_local_ray_on_loopback()
+    for key, value in DRIVER_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
     console.set_verbose(args.verbose)
     console.configure_driver()
     import yaml
 
     from codetr.config import ConfigError, flatten, to_dict
+    from codetr.errors import CodetrError
     from platform import tracking
+    from platform.checkpoints import latest_checkpoint
     from platform.datasets_tracking import log_datasets
+    from platform.failures import describe_failure, first_line, write_traceback
     from platform.mlflow_model import check_registered_name
     from platform.run_source import source_tags
+    from platform.runs import RESUME_COMMAND, driver_tags
     from platform.runtime import build_trainer, check_run_name, default_run_name, init_ray, load_run_config
+    from platform.spool import Spool, spool_dir
     from platform.worker import make_loop_config
 
+    argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = load_run_config(args.config, args.overrides)
         resume_same_name = cfg.platform.run_name is not None
@@ -198,20 +235,39 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     print(f"[platform] run {run_name}: config {args.config}, {cfg.platform.num_workers} worker(s), "
           f"{'GPU' if cfg.platform.use_gpu else 'CPU'}, storage {cfg.platform.storage_path}", flush=True)
-    num_classes, train_images, datasets = _prepare_data(cfg)
+    try:
+        num_classes, train_images, datasets = _prepare_data(cfg)
+    except CodetrError as e:   # a bad annotation file, config / data mismatch: one line, before any run exists
+        if args.verbose:
+            traceback.print_exc()
+        print(f"data error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
     tracking_uri = tracking.resolve_tracking_uri()
     if os.environ.get("RAY_ADDRESS") and not tracking_uri.startswith(("http://", "https://", "databricks")):
         print(f"[platform] note: MLflow logs to {tracking_uri}; workers on other nodes need a tracking server "
               "(MLFLOW_TRACKING_URI=http://HOST:5000)", flush=True)
-    tags = {**source_tags("platform.train", sys.argv[1:] if argv is None else list(argv), config_file=args.config),
-            "mlflow.runName": run_name}
+    tags = {**source_tags("platform.train", list(argv), config_file=args.config), "mlflow.runName": run_name,
+            RESUME_COMMAND: resume_command(argv, run_name), **driver_tags()}
     if resume_from:
         tags["platform.resumed_from"] = resume_from
-    run_id, resumed = tracking.start_run(tracking_uri, cfg.platform.experiment_name, run_name, tags,
-                                         resume=resume_same_name)
+    try:
+        before = _reopened_run_state(tracking, tracking_uri, cfg, run_name) if resume_same_name else None
+        run_id, resumed = tracking.start_run(tracking_uri, cfg.platform.experiment_name, run_name, tags,
+                                             resume=resume_same_name)
+    except _DriverAlive as e:
+        print(f"[platform] {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:   # the tracking store is unreachable: nothing has started yet
+        if args.verbose:
+            traceback.print_exc()
+        print(f"[platform] cannot start the MLflow run at {tracking_uri}: {first_line(e)}", file=sys.stderr)
+        return EXIT_FAILED
     # from here on the MLflow run exists: every way out ends it FINISHED, FAILED or KILLED
     status, code, checkpoint_path, model = "FAILED", EXIT_FAILED, None, None
+    error_line = traceback_file = None
+    checkpoint_before = latest_checkpoint(cfg.platform.storage_path, run_name)
+    folder = spool_dir(cfg.platform.storage_path, run_name, run_id)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     import ray
 
@@ -234,24 +290,43 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 model = _log_model(tracking_uri, run_id, result.checkpoint, args.register, datasets)
             except Exception as e:   # the training result stands, but the run did not deliver its model
-                traceback.print_exc()
-                print(f"[platform] logging the model failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                if args.verbose:
+                    traceback.print_exc()
+                error_line = f"logging the model failed: {type(e).__name__}: {first_line(e)}"
+                if "://" not in cfg.platform.storage_path:
+                    path = write_traceback(e, Path(cfg.platform.storage_path) / run_name)
+                    traceback_file = str(path) if path else None
+                print(f"[platform] {error_line}", file=sys.stderr, flush=True)
                 status, code = "FAILED", EXIT_FAILED
     except KeyboardInterrupt:
         status, code = "KILLED", EXIT_KILLED
         print("\n[platform] interrupted: stopping the workers, the MLflow run ends KILLED", flush=True)
     except Exception as e:   # Ray's TrainingFailedError (it carries the workers' tracebacks) and driver errors
-        traceback.print_exc()
-        print(f"[platform] training failed: {type(e).__name__}", file=sys.stderr, flush=True)
+        p = cfg.platform
+        resources = {"CPU": p.cpus_per_worker, **({"GPU": p.gpus_per_worker} if p.use_gpu else {})}
+        error_line = describe_failure(e, num_workers=p.num_workers, resources_per_worker=resources,
+                                      resource_wait_s=p.resource_wait_s)
+        if args.verbose:
+            traceback.print_exc()
+        local_storage = "://" not in p.storage_path
+        path = write_traceback(e, Path(p.storage_path) / run_name) if local_storage else None
+        traceback_file = str(path) if path else None
+        print(f"[platform] training failed: {error_line}", file=sys.stderr, flush=True)
     finally:
         try:
-            tracking.end_run(tracking_uri, run_id, status)
+            latest = latest_checkpoint(cfg.platform.storage_path, run_name)
+            checkpoint_path = checkpoint_path or latest or (resume_from if status != "FINISHED" else None)
+            # a resume that failed before its first checkpoint leaves the run's recorded end as it was
+            restore = before if status == "FAILED" and latest == checkpoint_before else None
+            _end_mlflow_run(tracking_uri, run_id, status, folder, restore, error_line)
         finally:
             signal.signal(signal.SIGTERM, previous_sigterm)
             if ray.is_initialized():
                 ray.shutdown()
-    print_summary(status, run_name, tracking_uri, run_id, time.time() - start, checkpoint_path,
-                  sys.argv[1:] if argv is None else argv, model=model)
+    pending = Spool(folder).pending()
+    print_summary(status, run_name, tracking_uri, run_id, time.time() - start, checkpoint_path, argv,
+                  error=error_line, traceback_file=traceback_file, spool=str(folder) if pending else None,
+                  model=model)
     return code
 
 
@@ -268,6 +343,51 @@ def _log_model(tracking_uri: str, run_id: str, checkpoint, register: str | None,
     print(f"{label} MLflow model {model.model_uri}"
           + (f", registered as {model.registered_uri}" if model.registered_uri else ""), flush=True)
     return model
+
+
+def _end_mlflow_run(tracking_uri: str, run_id: str, status: str, spool_folder, restore, error_line) -> None:
+    """End the MLflow run ``status`` (or in its spool while the store is away); with ``restore`` (the
+    ``(status, end_time)`` the run had before this failed resume) put that back instead."""
+    from mlflow.tracking import MlflowClient
+
+    from platform.failures import restore_end_state
+    from platform.spool import Spool, end_run_or_spool, is_transient
+
+    if restore is not None and Spool(spool_folder).pending() == 0:
+        try:
+            restored = restore_end_state(MlflowClient(tracking_uri), run_id, *restore, error_line or status)
+            print(f"[platform] the resume failed before any checkpoint: MLflow run {run_id} keeps its recorded "
+                  f"state ({restored})", flush=True)
+            return
+        except Exception as e:
+            if not is_transient(e):
+                raise
+    end_run_or_spool(tracking_uri, run_id, status, spool_folder)
+
+
+class _DriverAlive(Exception):
+    """The run to resume is still being trained by a live driver on this host."""
+
+
+def _reopened_run_state(tracking, tracking_uri: str, cfg, run_name: str) -> tuple[str, int | None] | None:
+    """The recorded ``(status, end_time)`` of the MLflow run a same-name start reopens (None: a new run).
+
+    Refuses (``_DriverAlive``) when that run is RUNNING and its driver is still alive here."""
+    from mlflow.tracking import MlflowClient
+
+    from platform.failures import previous_end_state
+    from platform.runs import DRIVER_PID, driver_state
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.platform.experiment_name)
+    run_id = tracking.find_run(client, experiment.experiment_id, run_name) if experiment else None
+    if run_id is None:
+        return None
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING" and driver_state(run.data.tags) == "alive":
+        raise _DriverAlive(f"run {run_name} is being trained by pid {run.data.tags[DRIVER_PID]} on this host; "
+                           "stop it first (two drivers would write the same checkpoints)")
+    return previous_end_state(client, run_id)
 
 
 if __name__ == "__main__":

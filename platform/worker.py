@@ -17,6 +17,7 @@ id the worker's rank 0 creates the run itself and ends it (FINISHED, FAILED or K
 from __future__ import annotations
 
 import datetime
+import os
 import shutil
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 PROGRESS_PREFIX = "[train]"
+FINAL_FLUSH_S = 0.0    # at the end rank 0 tries its spool once more; the driver tries again after it
 
 
 def make_loop_config(cfg_dict: dict, *, tracking_uri: str, mlflow_run_id: str | None = None,
@@ -58,34 +60,76 @@ def progress_line(run_name: str, record) -> str:
             f"ETA {_format_eta(record.eta_s)}")
 
 
-def _build_loaders(cfg, train_ds, val_ds, collate_fn):
+def _build_loaders(cfg, train_ds, val_ds, collate_fn, rank: int, world_size: int):
     from ray.train.torch import prepare_data_loader
     from torch.utils.data import DataLoader
 
+    from codetr.data.build import group_sampler
+
     workers = cfg.data.num_workers
-    train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
-                              num_workers=workers, collate_fn=collate_fn)
-    val_loader = DataLoader(val_ds, batch_size=cfg.data.batch_size, shuffle=False, drop_last=False,
+    if cfg.data.group_by_aspect_ratio:
+        # batches of one orientation, sharded over the workers by the sampler itself (official GroupSampler)
+        sampler = group_sampler(train_ds, cfg.data.batch_size, seed=cfg.train.seed, num_replicas=world_size,
+                                rank=rank)
+        train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
+                                  num_workers=workers, collate_fn=collate_fn)
+        train_loader = prepare_data_loader(train_loader, add_dist_sampler=False, move_to_device=False)
+    else:
+        train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
+                                  num_workers=workers, collate_fn=collate_fn)
+        train_loader = prepare_data_loader(train_loader, move_to_device=False)
+    val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size, shuffle=False, drop_last=False,
                             num_workers=workers, collate_fn=collate_fn)
     # DistributedSampler per worker; batches are moved to the device by the loop
-    train_loader = prepare_data_loader(train_loader, move_to_device=False)
     val_loader = prepare_data_loader(val_loader, move_to_device=False)
     return train_loader, val_loader
 
 
-def _load_start_checkpoint(resume_from: str | None) -> tuple[dict | None, str | None]:
-    """The checkpoint to start from: this run's latest (Ray), else ``resume_from``, else none."""
+def _init_from(model, cfg, category_names: list[str], rank: int, run_name: str, logger) -> None:
+    """Fine-tuning start: ``model.init_from``'s weights (every rank), reported by rank 0."""
+    import json
+
+    from codetr.engine.init_from import apply_init_from
+
+    report = apply_init_from(model, cfg.model.init_from, category_names)
+    if rank == 0:
+        say(f"{PROGRESS_PREFIX} {run_name}  {report.summary()}")
+        if report.new_classes:
+            say(f"{PROGRESS_PREFIX} {run_name}  classes not in the checkpoint (their class rows start fresh): "
+                f"{', '.join(report.new_classes)}")
+        if logger is not None:
+            logger.log_text(json.dumps(report.as_dict(), indent=1), "init_from/report.json")
+            logger.set_tags({"platform.init_from": str(cfg.model.init_from)})
+
+
+def _load_start_checkpoint(resume_from: str | None, warn) -> tuple[dict | None, str | None]:
+    """The checkpoint to start from: this run's latest readable one (Ray; an unreadable one is named
+    and the previous one tried, see :mod:`platform.checkpoints`), else ``resume_from``, else none."""
     import ray.train
 
     from codetr.engine import load_checkpoint
+    from platform.checkpoints import load_with_fallback
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            return load_checkpoint(folder), f"ray:{checkpoint.path}"
+        state, used = load_with_fallback(checkpoint, warn)
+        return state, f"ray:{used.path}"
     if resume_from:
         return load_checkpoint(resume_from), resume_from
     return None, None
+
+
+def record_restart(logger, iteration: int, source: str) -> int:
+    """Count a restart from a checkpoint in the run: metric ``platform/restart_from_iteration`` gets one
+    value per restart (step = the restart's number, value = the iteration it went back to), tag
+    ``platform.restarts`` the count. Returns the count."""
+    try:
+        count = len(logger.client.get_metric_history(logger.run_id, "platform/restart_from_iteration")) + 1
+    except Exception:   # the store is away: the count is unknown here (the tag still says where it went back to)
+        count = 1
+    logger.log_metrics({"platform/restart_from_iteration": iteration}, step=count)
+    logger.set_tags({"platform.restarts": str(count), "platform.last_restart": f"iteration {iteration} from {source}"})
+    return count
 
 
 def train_report(epoch: int, iteration: int, finished: bool, metrics: dict[str, float]) -> dict[str, Any]:
@@ -192,6 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                seed_everything)
     from codetr.engine.dist import all_gather_objects
     from platform import console, tracking
+    from platform.spool import WORKER_HTTP_ENV, SpoolingRunLogger, spool_dir
 
     console.configure_worker()   # Ray Train's per-report lines hidden unless --verbose
     cfg = config_from_dict(config["config"])
@@ -209,22 +254,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             run_id, _ = tracking.start_run(tracking_uri, config.get("experiment_name") or cfg.platform.experiment_name,
                                            run_name)
             owns_run = True
-        logger = tracking.RunLogger(tracking_uri, run_id)
+        # an unreachable tracking server must not stall training: short requests, the rest spooled
+        os.environ.update(WORKER_HTTP_ENV)
+        logger = SpoolingRunLogger(tracking_uri, run_id, spool_dir(cfg.platform.storage_path, run_name, run_id),
+                                   resumed=True)
 
     status, reporter, monitor = "FAILED", None, None
     try:
         train_ds = build_dataset(cfg, "train")
         val_ds = build_dataset(cfg, "val")
-        train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn)
+        train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn, rank, world_size)
         iters_per_epoch = len(train_loader)
         if iters_per_epoch == 0:
             raise ValueError(f"the training set ({len(train_ds)} images) gives no full batch of "
                              f"{cfg.data.batch_size} per worker with {world_size} workers")
 
         model = build_model(cfg, num_classes=train_ds.num_classes)
-        state, source = _load_start_checkpoint(config.get("resume_from"))
+        fallbacks: list[str] = []
+        state, source = _load_start_checkpoint(config.get("resume_from"), fallbacks.append)
+        if rank == 0:
+            for line in fallbacks:
+                say(f"{PROGRESS_PREFIX} {run_name}  WARNING: {line}")
         if state is not None:
             model.load_state_dict(state["model"])
+        elif cfg.model.init_from:
+            _init_from(model, cfg, list(train_ds.category_names), rank, run_name, logger)
         model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": cfg.platform.find_unused_parameters})
         device = ray.train.torch.get_device()
@@ -246,14 +300,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 say(f"{PROGRESS_PREFIX} {run_name}  resumed from {source} at epoch {start_epoch}, "
                     f"iteration {start_iteration}")
                 if logger is not None:
-                    logger.client.set_tag(run_id, "platform.resumed_from", source)
+                    logger.set_tags({"platform.resumed_from": source,
+                                     **({"platform.checkpoint_fallback": " | ".join(fallbacks)} if fallbacks else {})})
+                    if source.startswith("ray:"):
+                        record_restart(logger, start_iteration, source)
 
         from codetr.evaluation import CocoEvaluator
 
         # where the workers run (a multi-node check people can see in MLflow)
         num_nodes = len(set(all_gather_objects(ray.get_runtime_context().get_node_id())))
         if logger is not None:
-            tracking.log_params(tracking_uri, run_id, {"derived.num_nodes": num_nodes})
+            logger.log_params({"derived.num_nodes": num_nodes})
         from platform.system_metrics import start_monitor
 
         monitor = start_monitor(tracking_uri, run_id, cfg.platform.system_metrics_interval,
@@ -269,7 +326,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                               "category_names": list(train_ds.category_names),
                               "mlflow_run_id": run_id, "world_size": world_size},
             start_epoch=start_epoch, start_iteration=start_iteration, best_value=best_value,
-            num_samples=cfg.platform.num_val_images)
+            num_samples=cfg.platform.num_val_images,
+            image_names=lambda image_id: train_ds.coco.imgs[image_id]["file_name"],
+            skipped_steps=(state or {}).get("skipped_steps", 0))
         if rank == 0:
             say(f"{PROGRESS_PREFIX} {run_name}  {world_size} worker(s) on {num_nodes} node(s), {device}, "
                 f"{len(train_ds)} train / {len(val_ds)} val images, {iters_per_epoch} iterations per epoch, "
@@ -282,13 +341,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(train_report(loop.epoch, loop.iteration, True, state.get("metrics") or {}))
         else:
             loop.run()
+        if logger is not None and logger.flush(wait_s=FINAL_FLUSH_S):
+            say(f"[platform] MLflow still unreachable: {logger.spool.pending()} call(s) stay in {logger.spool.folder}")
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         if monitor is not None:
-            monitor.finish()
+            from platform.system_metrics import stop_monitor
+
+            stop_monitor(monitor)
         if reporter is not None:
             shutil.rmtree(reporter.scratch, ignore_errors=True)
         if owns_run and logger is not None:

@@ -27,35 +27,29 @@ def targets_with_empty_image() -> list[dict]:
     ]
 
 
-def check_losses_and_positives(losses, positives, feats, targets, image_sizes, max_pos, keys):
-    """Finite losses with the expected keys, a working backward, well-formed positives."""
+def check_losses_and_positives(losses, candidates, feats, targets, image_sizes, keys):
+    """Finite losses with the expected keys, a working backward, well-formed candidates: every positive's
+    target is one of its image's gt boxes with that box's label; an image without boxes has none."""
     assert set(losses) == set(keys)
     for k, v in losses.items():
         assert v.dim() == 0 and torch.isfinite(v), k
     sum(losses.values()).backward()
     assert all(f.grad is not None and torch.isfinite(f.grad).all() for f in feats[:4])
     b = len(targets)
-    p = positives.mask.shape[1]
-    assert positives.boxes_cxcywh_norm.shape == (b, p, 4)
-    assert positives.targets_cxcywh_norm.shape == (b, p, 4)
-    assert positives.labels.shape == (b, p) and positives.labels.dtype == torch.long
-    assert p <= max_pos
-    assert not positives.boxes_cxcywh_norm.requires_grad
+    labels = candidates.labels
+    n = labels.shape[1]
+    assert labels.shape == (b, n) and labels.dtype == torch.long
+    assert candidates.targets_xyxy.shape == (b, n, 4)
+    assert candidates.boxes_xyxy.shape in ((b, n, 4), (n, 4))
+    assert ((labels >= -1) & (labels <= NUM_CLASSES)).all()
+    assert (labels == NUM_CLASSES).any(), "no negative candidate to pad the positive queries with"
     for i, t in enumerate(targets):
-        m = positives.mask[i]
+        pos = (labels[i] >= 0) & (labels[i] < NUM_CLASSES)
         if len(t["boxes"]) == 0:
-            assert not m.any()
+            assert not pos.any()
             continue
-        assert m.any()
-        tgt = positives.targets_cxcywh_norm[i][m]
-        assert (tgt > 0).all() and (tgt <= 1).all()
-        assert set(positives.labels[i][m].tolist()) <= set(t["labels"].tolist())
-        box = positives.boxes_cxcywh_norm[i][m]
-        assert (box >= 0).all() and (box <= 1).all()
-        # every positive's target is one of the image's gt boxes
-        h, w = image_sizes[i]
-        gt = t["boxes"] / torch.tensor([w, h, w, h])
-        gt_cxcywh = torch.cat([(gt[:, :2] + gt[:, 2:]) / 2, gt[:, 2:] - gt[:, :2]], dim=1)
-        dist, nearest = (tgt[:, None, :] - gt_cxcywh[None]).abs().sum(-1).min(1)
-        assert (dist < 1e-5).all()
-        assert torch.equal(positives.labels[i][m], t["labels"][nearest])
+        assert pos.any()
+        tgt = candidates.targets_xyxy[i][pos]
+        dist, nearest = (tgt[:, None, :] - t["boxes"][None]).abs().sum(-1).min(1)
+        assert (dist < 1e-4).all()
+        assert torch.equal(labels[i][pos], t["labels"][nearest])

@@ -32,9 +32,9 @@ def shape_images(num_images: int = 3, size: int = 96, seed: int = 0):
     return images, targets
 
 
-def coco_ap(model, images, targets, num_classes: int, one_by_one: bool = False) -> float:
-    """COCO box AP (pycocotools) of ``model``'s eval-mode detections on the given images
-    (all in one padded batch, or each image alone)."""
+def coco_ap(model, images, targets, num_classes: int, one_by_one: bool = False, iou: str = "ap") -> float:
+    """COCO box AP (``iou="ap50"``: AP50) (pycocotools) of ``model``'s eval-mode detections on the given
+    images (all in one padded batch, or each image alone)."""
     gt = {"images": [], "annotations": [], "categories": [{"id": c + 1, "name": str(c)} for c in range(num_classes)]}
     ann_id = 1
     for i, (img, t) in enumerate(zip(images, targets)):
@@ -61,7 +61,7 @@ def coco_ap(model, images, targets, num_classes: int, one_by_one: bool = False) 
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    return float(ev.stats[0])
+    return float(ev.stats[1] if iou == "ap50" else ev.stats[0])
 
 
 def overfit(model, images, targets, steps: int, lr: float = 1e-3) -> list[float]:

@@ -9,15 +9,15 @@ from tests.helpers_aux import C, IMAGE_SIZES, NUM_CLASSES, check_losses_and_posi
 
 def test_atss_forward_train_losses_backward_and_positives():
     torch.manual_seed(0)
-    head = ATSSHead(C, NUM_CLASSES, max_pos=300)
+    head = ATSSHead(C, NUM_CLASSES)
     feats = pyramid()
     targets = targets_with_empty_image()
     losses, pos = head.forward_train(feats, targets, IMAGE_SIZES)
-    check_losses_and_positives(losses, pos, feats, targets, IMAGE_SIZES, 300,
+    check_losses_and_positives(losses, pos, feats, targets, IMAGE_SIZES,
                                ["loss_cls", "loss_bbox", "loss_centerness"])
     assert set(head.loss_weights) == set(losses)
     assert head.loss_weights == {"loss_cls": 1.0, "loss_bbox": 2.0, "loss_centerness": 1.0}
-    assert pos.feats is not None and pos.feats.shape == (2, pos.mask.shape[1], C)
+    assert pos.feats is not None and pos.feats.shape == (2, pos.labels.shape[1], C)
     assert all(s.scale.grad is not None for s in head.scales)
 
 
@@ -30,7 +30,7 @@ def test_atss_whole_batch_without_boxes_gives_zero_box_losses():
     assert losses["loss_bbox"].requires_grad
     sum(losses.values()).backward()
     assert head.atss_reg.weight.grad is not None
-    assert pos.mask.shape == (2, 0)
+    assert (pos.labels == NUM_CLASSES).all()
 
 
 def test_atss_init_prior_and_build():
@@ -73,5 +73,27 @@ def test_atss_batched_equals_per_image():
         l2, p2 = head.forward_train(two, target * 2, size * 2)
     for k in l1:
         torch.testing.assert_close(l1[k], l2[k])
-    assert p2.mask.sum(1).tolist() == [p1.mask.sum().item()] * 2
+    assert (p2.labels < NUM_CLASSES).sum(1).tolist() == [(p1.labels < NUM_CLASSES).sum().item()] * 2
 
+
+
+def test_atss_candidates_keep_anchors_unclipped_and_zero_the_invalid_ones():
+    """Positive anchors cross the border as they are (the official positive queries are not clipped);
+    anchors outside the image's valid area are zero boxes, as the reference's unmapped targets."""
+    torch.manual_seed(0)
+    head = ATSSHead(C, NUM_CLASSES)
+    feats = pyramid(requires_grad=False)
+    # a box in the corner of the second (padded) image: its stride-8 anchors (64 px) cross the border
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[0.0, 0.0, 40.0, 30.0]]), "labels": torch.tensor([2])}]
+    with torch.no_grad():
+        _, cand = head.forward_train(feats, targets, IMAGE_SIZES)
+    for i in range(2):
+        boxes = cand.boxes_xyxy[i]
+        pos = cand.labels[i] < NUM_CLASSES
+        assert (boxes[pos, :2] < 0).any(), "expected positive anchors crossing the top-left border"
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        all_anchors = torch.cat(head.anchor_generator.grid_anchors(sizes))
+        valid = torch.cat(head.anchor_generator.valid_flags(sizes, IMAGE_SIZES), dim=1)[i]
+        assert torch.equal(boxes[valid], all_anchors[valid])
+        assert (boxes[~valid] == 0).all() and (~valid).any() == (i == 1)

@@ -1,4 +1,4 @@
-"""Shared pieces of the auxiliary heads: anchors, box coder, assigners, sampler, positives."""
+"""Shared pieces of the auxiliary heads: anchors, box coder, assigners, sampler, normalisers."""
 import math
 
 import torch
@@ -10,7 +10,6 @@ from codetr.models.aux.anchors import AnchorGenerator, grid_points, valid_locati
 from codetr.models.aux.assigners import atss_assign, fcos_assign, max_iou_assign
 from codetr.models.aux.base import positive_normaliser
 from codetr.models.aux.box_coder import DeltaXYWHCoder
-from codetr.models.aux.positives import gather_positives, pad_positives
 from codetr.models.aux.sampler import random_sample, sampled_slots
 
 
@@ -263,40 +262,7 @@ def test_sampled_slots_order():
     assert idx.tolist() == [1, 4, 0] and valid.all()
 
 
-# ----------------------------------------------------------------------------- positives
-
-def test_gather_positives_pads_normalises_and_caps():
-    torch.manual_seed(0)
-    b, n = 3, 20
-    mask = torch.zeros(b, n, dtype=torch.bool)
-    mask[0, :15] = True
-    mask[1, 3] = True
-    anchors = torch.tensor([[10.0, 20.0, 30.0, 60.0]]).expand(n, 4)
-    targets = torch.tensor([[0.0, 0.0, 50.0, 100.0]]).expand(b, n, 4)
-    labels = torch.arange(n).expand(b, n)
-    feats = torch.randn(b, n, 8)
-    pos = gather_positives(mask, anchors, labels, targets, [(100, 50), (200, 100), (100, 100)], max_pos=10,
-                           feats=feats)
-    assert pos.boxes_cxcywh_norm.shape == (3, 10, 4) and pos.feats.shape == (3, 10, 8)
-    assert pos.mask.sum(1).tolist() == [10, 1, 0]
-    assert len(set(pos.labels[0].tolist())) == 10 and (pos.labels[0] < 15).all()
-    assert pos.labels[1, pos.mask[1]].tolist() == [3]
-    torch.testing.assert_close(pos.targets_cxcywh_norm[0, 0], torch.tensor([0.5, 0.5, 1.0, 1.0]))
-    torch.testing.assert_close(pos.boxes_cxcywh_norm[1][pos.mask[1]][0], torch.tensor([0.2, 0.2, 0.2, 0.2]))
-    idx = pos.labels[0]
-    torch.testing.assert_close(pos.feats[0], feats[0, idx])
-
-
-def test_gather_positives_empty_and_lists():
-    pos = gather_positives(torch.zeros(2, 5, dtype=torch.bool), torch.zeros(5, 4), torch.zeros(2, 5).long(),
-                           torch.zeros(2, 5, 4), [(10, 10)] * 2, max_pos=300)
-    assert pos.boxes_cxcywh_norm.shape == (2, 0, 4) and pos.mask.shape == (2, 0)
-    pos = pad_positives([torch.tensor([[0.0, 0, 10, 10]]), torch.zeros(0, 4)],
-                        [torch.tensor([4]), torch.zeros(0).long()],
-                        [torch.tensor([[0.0, 0, 20, 20]]), torch.zeros(0, 4)], [(20, 20), (20, 20)], max_pos=300)
-    assert pos.mask.tolist() == [[True], [False]] and pos.labels[0, 0] == 4
-    torch.testing.assert_close(pos.boxes_cxcywh_norm[0, 0], torch.tensor([0.25, 0.25, 0.5, 0.5]))
-
+# ----------------------------------------------------------------------------- normalisers
 
 def test_positive_normaliser_clamps():
     assert positive_normaliser(torch.tensor(0)).item() == 1.0

@@ -15,12 +15,12 @@ def test_fcos_forward_train_losses_backward_and_positives():
     feats = pyramid()
     targets = targets_with_empty_image()
     losses, pos = head.forward_train(feats, targets, IMAGE_SIZES)
-    check_losses_and_positives(losses, pos, feats, targets, IMAGE_SIZES, 300,
+    check_losses_and_positives(losses, pos, feats, targets, IMAGE_SIZES,
                                ["loss_cls", "loss_bbox", "loss_centerness"])
     assert head.loss_weights == {"loss_cls": 1.0, "loss_bbox": 1.0, "loss_centerness": 1.0}
     # positive boxes are squares of one stride around points: 8 px wide at level 0 -> w = 8 / 160
-    h, w = IMAGE_SIZES[0]
-    widths = (pos.boxes_cxcywh_norm[0][pos.mask[0]][:, 2] * w).round()
+    boxes = pos.boxes_xyxy[pos.labels[0] < NUM_CLASSES]
+    widths = (boxes[:, 2] - boxes[:, 0]).round()
     assert set(widths.tolist()) <= {8.0, 16.0, 32.0, 64.0, 128.0}
 
 
@@ -31,7 +31,7 @@ def test_fcos_empty_batch_zero_box_losses():
     assert losses["loss_bbox"] == 0 and losses["loss_centerness"] == 0 and losses["loss_cls"] > 0
     assert losses["loss_bbox"].requires_grad
     sum(losses.values()).backward()
-    assert head.conv_reg.weight.grad is not None and pos.mask.shape == (2, 0)
+    assert head.conv_reg.weight.grad is not None and (pos.labels == NUM_CLASSES).all()
 
 
 def test_fcos_assignment_hand_case():

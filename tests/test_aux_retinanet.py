@@ -14,9 +14,9 @@ def test_retinanet_forward_train_losses_backward_and_positives():
     feats = pyramid()
     targets = targets_with_empty_image()
     losses, pos = head.forward_train(feats, targets, IMAGE_SIZES)
-    check_losses_and_positives(losses, pos, feats, targets, IMAGE_SIZES, 300, ["loss_cls", "loss_bbox"])
+    check_losses_and_positives(losses, pos, feats, targets, IMAGE_SIZES, ["loss_cls", "loss_bbox"])
     assert head.loss_weights == {"loss_cls": 1.0, "loss_bbox": 1.0}
-    assert pos.feats.shape == (2, pos.mask.shape[1], C)
+    assert pos.anchors_per_location == 9 and pos.feats.shape == (2, pos.labels.shape[1] // 9, C)
 
 
 def test_retinanet_giou_variant_and_empty_batch():
@@ -28,11 +28,11 @@ def test_retinanet_giou_variant_and_empty_batch():
     losses, pos = head.forward_train(pyramid(), empty, IMAGE_SIZES)
     assert losses["loss_bbox"] == 0 and losses["loss_bbox"].requires_grad and losses["loss_cls"] > 0
     sum(losses.values()).backward()
-    assert pos.mask.shape == (2, 0)
+    assert (pos.labels == NUM_CLASSES).all()
 
 
 def test_retinanet_assignment_hand_case():
-    head = RetinaNetHead(C, NUM_CLASSES, max_pos=5)
+    head = RetinaNetHead(C, NUM_CLASSES)
     sizes = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
     anchors = torch.cat(head.anchor_generator.grid_anchors(sizes))
     valid = torch.ones(1, anchors.shape[0], dtype=torch.bool)

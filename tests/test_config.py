@@ -52,3 +52,22 @@ def test_base_inheritance_and_round_trip(tmp_path):
     (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\n")
     with pytest.raises(ConfigError, match="circular"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_a_path_of_a_dataset_that_is_not_selected_is_an_error():
+    with pytest.raises(ConfigError, match=r"data.train.ann_file.*data.dataset"):
+        load_config("experiments/codetr_tiny.yaml", ["data.train.ann_file=my/instances_train.json"])
+    with pytest.raises(ConfigError, match=r"data.val.img_dir.*data.dataset=coco"):
+        load_config(None, ["data.dataset=synthetic", "data.val.img_dir=images/val"])
+    cfg = load_config("experiments/codetr_tiny.yaml", ["data.dataset=coco", "data.train.ann_file=a.json",
+                                                       "data.train.img_dir=a", "data.val.ann_file=b.json",
+                                                       "data.val.img_dir=b"])
+    assert cfg.data.train.ann_file == "a.json"
+
+
+def test_official_run_settings_are_the_defaults():
+    r50 = load_config("experiments/codetr_r50_coco.yaml")
+    assert r50.train.amp is False and r50.data.eval_batch_size == 1 and r50.data.group_by_aspect_ratio
+    m = r50.model
+    assert m.with_coord_feat and m.pos_query_padding == "negatives" and m.neck_norm == "group_norm"
+    assert m.max_pos_queries == 300 and m.aux_heads == ["faster_rcnn", "atss"] and m.init_from is None

@@ -89,3 +89,18 @@ def test_deployable_files_export_too_and_bad_input_is_named(exported, tmp_path, 
     assert "no.jpg" in err
     with pytest.raises(ValueError, match="for_inference"):
         OnnxDetector(build_model(load_run_config("codetr_tiny", []), num_classes=5))
+
+
+def test_the_exported_selection_picks_what_the_model_picks():
+    """The masked top-k used while tracing equals the model's branching selection, in both of its branches."""
+    from codetr.models.query_head import select_valid_topk
+    from platform.onnx_export import masked_topk
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 200, generator=g)
+    invalid = torch.rand(4, 200, generator=g) < 0.3
+    plain_picks_invalid = bool(invalid.gather(1, scores.topk(20, dim=1).indices).any())
+    none_invalid = torch.zeros_like(invalid)
+    assert plain_picks_invalid   # this case takes the model's masked branch
+    for mask in (invalid, none_invalid):
+        assert torch.equal(masked_topk(scores, mask, 20), select_valid_topk(scores, mask, 20))

@@ -42,8 +42,14 @@ def test_run_names_are_checked():
 def test_runtime_env_uploads_the_repo_without_data():
     env = runtime_env()
     assert env["working_dir"] == str(REPO_ROOT)
-    for pattern in ("data/", "runs/", "mlruns/", "mlflow.db", ".venv/"):
+    for pattern in ("/data/", "/runs/", "/mlruns/", "mlflow.db", ".venv/"):
         assert pattern in UPLOAD_EXCLUDES
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    excluded = _get_excludes(REPO_ROOT, UPLOAD_EXCLUDES)
+    assert excluded(REPO_ROOT / "data" / "synthetic" / "x.jpg") and excluded(REPO_ROOT / "runs" / "r" / "checkpoint.pt")
+    # the packages themselves travel whole, codetr/data and platform/runs.py included
+    assert not excluded(REPO_ROOT / "codetr" / "data" / "coco.py") and not excluded(REPO_ROOT / "platform" / "runs.py")
 
 
 def test_derived_params_name_heads_and_world():

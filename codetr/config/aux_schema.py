@@ -110,8 +110,8 @@ class AuxHeadsConfig:
         check_range(len(f.roi_target_stds) == 4, f"{prefix}.faster_rcnn.roi_target_stds", "needs 4 values")
         check_range(self.atss.topk >= 1, f"{prefix}.atss.topk", "must be >= 1")
         check_range(len(self.atss.target_stds) == 4, f"{prefix}.atss.target_stds", "needs 4 values")
-        check_range(len(self.fcos.regress_ranges) == 5 and all(len(r) == 2 for r in self.fcos.regress_ranges),
-                    f"{prefix}.fcos.regress_ranges", "needs 5 [lo, hi] pairs (strides 8..128)")
+        check_range(all(len(r) == 2 for r in self.fcos.regress_ranges),
+                    f"{prefix}.fcos.regress_ranges", "needs [lo, hi] pairs, one per pyramid level")
         check_range(self.retinanet.neg_iou_thresh <= self.retinanet.pos_iou_thresh,
                     f"{prefix}.retinanet.neg_iou_thresh", "must be <= pos_iou_thresh")
         for head in ("atss", "fcos", "retinanet"):

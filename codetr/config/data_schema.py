@@ -90,16 +90,27 @@ class DataConfig:
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    batch_size: int = 2                # images per worker
+    batch_size: int = 2                # training images per worker
+    eval_batch_size: int = 1           # evaluation images per worker (official: 1; a batch pads its images)
+    group_by_aspect_ratio: bool = True  # training batches of one orientation (official GroupSampler)
     num_workers: int = 2               # data-loader processes per worker
     on_bad_image: Literal["skip", "error"] = "skip"   # a missing / corrupt image: skip and count, or stop
 
     def validate(self, prefix: str) -> None:
         p = prefix
         check_range(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
+        check_range(self.eval_batch_size >= 1, f"{p}.eval_batch_size", "must be >= 1")
         check_range(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
         if self.dataset == "coco":
             for split in ("train", "val"):
                 for key in ("ann_file", "img_dir"):
                     check_range(bool(getattr(getattr(self, split), key)), f"{p}.{split}.{key}",
                                 "must be set when data.dataset is 'coco'")
+        else:
+            # a path the user set for files that this dataset would not read is a mistake, not a no-op
+            for split in ("train", "val"):
+                for key in ("ann_file", "img_dir"):
+                    value = getattr(getattr(self, split), key)
+                    check_range(not value, f"{p}.{split}.{key}",
+                                f"is set to {value!r} but {p}.dataset is {self.dataset!r} (the embedded generated "
+                                f"set): set {p}.dataset=coco to train on your files, or remove the path")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any, Union
 
 import yaml
 
+from codetr.errors import CodetrError
 
-class ConfigError(ValueError):
+
+class ConfigError(CodetrError, ValueError):
     """A config file, override or value is invalid; the message names the key."""
 
 
@@ -31,7 +34,7 @@ def _read_yaml(path: Path) -> dict:
         try:
             data = yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -165,14 +168,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-4" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "1e-4" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from codetr.config.loader import check_range
 
@@ -20,11 +21,14 @@ class TrainConfig:
     lr_gamma: float = 0.1              # lr factor at each of lr_steps
     warmup_iters: int = 0              # linear lr warm-up over this many iterations
     warmup_ratio: float = 0.001        # warm-up starts at lr x warmup_ratio
-    amp: bool = True                   # bf16 autocast on GPU (ignored on CPU)
+    amp: bool = False                  # bf16 autocast on GPU (ignored on CPU); official: fp32
     seed: int = 0                      # base seed; worker rank r uses seed + r
     eval_every: int = 1                # evaluate every N epochs (and always after the last); 0: only at the end
     log_every: int = 20                # iterations between metric logs / progress lines
     checkpoint_every: int = 1          # checkpoint every N epochs (and always after the last); 0: only at the end
+    # a non-finite loss or gradient: stop with an error naming the iteration, terms and images, or skip the step
+    on_nonfinite: Literal["error", "skip"] = "error"
+    max_skipped_steps: int = 10        # on_nonfinite=skip: more skipped steps than this in a run is an error
 
     def validate(self, prefix: str) -> None:
         check_range(self.epochs >= 1, f"{prefix}.epochs", "must be >= 1")
@@ -37,6 +41,7 @@ class TrainConfig:
         check_range(self.log_every >= 1, f"{prefix}.log_every", "must be >= 1")
         check_range(self.eval_every >= 0, f"{prefix}.eval_every", "must be >= 0")
         check_range(self.checkpoint_every >= 0, f"{prefix}.checkpoint_every", "must be >= 0")
+        check_range(self.max_skipped_steps >= 0, f"{prefix}.max_skipped_steps", "must be >= 0")
 
 
 @dataclass
@@ -50,6 +55,7 @@ class PlatformConfig:
     run_name: str | None = None        # Ray Train + MLflow run name; null: <experiment>-<timestamp>; reused: resumes
     experiment_name: str = "codetr"    # MLflow experiment
     max_failures: int = 0              # Ray Train restarts from the last checkpoint after a worker failure
+    resource_wait_s: float = 600.0     # longest wait for the workers' CPUs / GPUs at each (re)start, then fail (sweep trials queue)
     num_to_keep: int = 2               # checkpoints kept by Ray Train in storage
     find_unused_parameters: bool = False  # DDP: every parameter gets a gradient for any K (tests/test_collaborative.py)
     log_checkpoints: bool = True       # upload the last and the best checkpoint to MLflow
@@ -63,5 +69,6 @@ class PlatformConfig:
         check_range(self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
                     f"{prefix}.placement_strategy", "must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
         check_range(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1: unlimited)")
+        check_range(self.resource_wait_s > 0, f"{prefix}.resource_wait_s", "must be > 0")
         check_range(self.num_to_keep >= 1, f"{prefix}.num_to_keep", "must be >= 1")
         check_range(self.system_metrics_interval >= 0, f"{prefix}.system_metrics_interval", "must be >= 0 (0: off)")

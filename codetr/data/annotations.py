@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from pycocotools.coco import COCO
 
+from codetr.errors import CodetrError
 
-class AnnotationError(ValueError):
+
+class AnnotationError(CodetrError, ValueError):
     """The annotation file is malformed; the message names the field and the image / annotation id."""
 
 
@@ -99,23 +102,26 @@ def validate_coco_dict(data: Any, path: str = "<annotations>") -> dict:
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             raise AnnotationError(f"{path}: {where}: field 'bbox' must be [x, y, w, h] numbers, got {bbox!r}")
+        if not all(math.isfinite(v) for v in bbox):
+            raise AnnotationError(f"{path}: {where}: field 'bbox' must be finite numbers, got {bbox!r}")
         crowd = ann.setdefault("iscrowd", 0)
         if not (_is_int(crowd) and crowd in (0, 1)):
             raise AnnotationError(f"{path}: {where}: field 'iscrowd' must be 0 or 1, got {crowd!r}")
         if "area" in ann:
-            if not _is_number(ann["area"]):
+            if not (_is_number(ann["area"]) and math.isfinite(ann["area"])):
                 raise AnnotationError(f"{path}: {where}: field 'area' must be number, got {ann['area']!r}")
         else:
             ann["area"] = float(max(bbox[2], 0) * max(bbox[3], 0))
     return data
 
 
-def clip_boxes_to_images(data: dict) -> int:
+def clip_boxes_to_images(data: dict) -> list[int]:
     """Clip every annotation's bbox to its image and remove the degenerate ones, in place.
 
-    Degenerate: zero width or height after clipping (such a box can never be matched, so it is
-    neither a training target nor evaluation ground truth). ``area`` is capped at the clipped
-    box's area. Expects a dict checked by :func:`validate_coco_dict`. Returns how many were removed.
+    Degenerate: zero width or height after clipping (a negative width or height, or a box wholly
+    outside its image: such a box can never be matched, so it is neither a training target nor
+    evaluation ground truth). ``area`` is capped at the clipped box's area. Expects a dict checked
+    by :func:`validate_coco_dict`. Returns the ids of the removed annotations.
     """
     sizes = {img["id"]: (img["width"], img["height"]) for img in data["images"]}
     kept = []
@@ -130,7 +136,8 @@ def clip_boxes_to_images(data: dict) -> int:
             ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
             ann["area"] = min(ann["area"], float((x2 - x1) * (y2 - y1)))
         kept.append(ann)
-    dropped = len(data["annotations"]) - len(kept)
+    kept_ids = {id(ann) for ann in kept}
+    dropped = [ann["id"] for ann in data["annotations"] if id(ann) not in kept_ids]
     data["annotations"] = kept
     return dropped
 

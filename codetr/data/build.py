@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from codetr.config import Config, ConfigError
 from codetr.data.annotations import load_coco_annotations
 from codetr.data.coco import CocoDetection
+from codetr.data.group_sampler import GroupSampler, aspect_groups
 from codetr.data.collate import collate_fn
 from codetr.data.synthetic import ensure_synthetic_dataset
 from codetr.data.transforms import build_eval_transforms, build_train_transforms
@@ -46,14 +47,27 @@ def build_dataset(cfg: Config, split: Literal["train", "val"], transforms: bool 
     return CocoDetection(ann_file, img_dir, transforms=tfm, on_bad_image=cfg.data.on_bad_image, coco=coco)
 
 
+def group_sampler(dataset: CocoDetection, batch_size: int, *, seed: int = 0, num_replicas: int = 1,
+                  rank: int = 0) -> GroupSampler:
+    """A :class:`GroupSampler` over the dataset's images by orientation (annotation-file sizes)."""
+    sizes = [(dataset.coco.imgs[i]["height"], dataset.coco.imgs[i]["width"]) for i in dataset.image_ids]
+    return GroupSampler(aspect_groups(sizes), batch_size, num_replicas=num_replicas, rank=rank, seed=seed)
+
+
 def build_loader(dataset: CocoDetection, *, batch_size: int, num_workers: int, train: bool,
-                 seed: int = 0, num_replicas: int = 1, rank: int = 0) -> DataLoader:
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 group_by_aspect_ratio: bool = False) -> DataLoader:
     """A DataLoader yielding ``(list of images, list of targets)``.
 
     With ``num_replicas > 1`` a DistributedSampler shards the set (it pads the last shard with
     repeated images: the evaluator dedupes by image id). Call ``loader.sampler.set_epoch(e)``
     each epoch when training distributed. Training drops the last incomplete batch.
+    ``group_by_aspect_ratio`` (training): batches of one orientation (:class:`GroupSampler`).
     """
+    if train and group_by_aspect_ratio:
+        sampler = group_sampler(dataset, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          collate_fn=collate_fn, drop_last=True, persistent_workers=num_workers > 0)
     if num_replicas > 1:
         sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=train, seed=seed)
     elif train:

@@ -33,13 +33,14 @@ from torchvision.ops import box_convert
 
 from codetr.data.annotations import clip_boxes_to_images, coco_from_dict, load_coco_annotations
 from codetr.data.image_io import BadImageError, read_image_rgb
+from codetr.errors import CodetrError
 
 logger = logging.getLogger(__name__)
 
 Transform = Callable[[Any, dict], tuple[Any, dict]]
 
 
-class MissingImagesError(FileNotFoundError):
+class MissingImagesError(CodetrError, FileNotFoundError):
     """Images listed in the annotation file are absent on disk; ``paths`` lists all of them."""
 
     def __init__(self, paths: list[str], ann_file: str):
@@ -71,11 +72,13 @@ class CocoDetection(Dataset):
         self.on_bad_image = on_bad_image
         coco = coco if coco is not None else load_coco_annotations(ann_file)
         # clip boxes / drop degenerate ones in the ground truth itself (in place, idempotent)
-        self.num_degenerate_boxes = clip_boxes_to_images(coco.dataset)
-        self.coco = coco_from_dict(coco.dataset) if self.num_degenerate_boxes else coco
-        if self.num_degenerate_boxes:
-            logger.info("%s: dropped %d degenerate box(es) (zero width or height after clipping to the image)",
-                        self.ann_file, self.num_degenerate_boxes)
+        dropped = clip_boxes_to_images(coco.dataset)
+        self.num_degenerate_boxes = len(dropped)
+        self.coco = coco_from_dict(coco.dataset) if dropped else coco
+        if dropped:
+            shown = ", ".join(map(str, dropped[:20])) + (f" ... ({len(dropped)} in all)" if len(dropped) > 20 else "")
+            logger.warning("%s: dropped %d degenerate box(es) (zero width or height after clipping to the image): "
+                        "annotation id %s", self.ann_file, len(dropped), shown)
 
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
         self.label_to_cat_id: list[int] = [c["id"] for c in cats]
@@ -152,7 +155,10 @@ class CocoDetection(Dataset):
         Raises BadImageError for a missing or undecodable file.
         """
         img_id = self.image_ids[index]
-        image = read_image_rgb(self.image_path(index))
+        try:
+            image = read_image_rgb(self.image_path(index))
+        except BadImageError as e:
+            raise BadImageError(e.path, f"{e.reason} (image id {img_id})") from None
         info = self.coco.imgs[img_id]
         height, width = image.shape[-2:]
         if (height, width) != (info["height"], info["width"]):
@@ -174,7 +180,7 @@ class CocoDetection(Dataset):
                 if self.on_bad_image == "error":
                     raise
                 self._bad_flags[i] = 1
-                logger.warning("%s (image id %d); skipped, using the next image", e, self.image_ids[i])
+                logger.warning("%s; skipped, using the next image", e)
                 continue
             return self._finish(i, image, target)
         raise BadImageError(self.img_dir, "no image of the dataset could be decoded")

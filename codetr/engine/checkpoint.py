@@ -9,10 +9,17 @@ A checkpoint is a dict::
 
 ``save_checkpoint`` writes to a temporary file in the same folder and renames it over the
 target, so a crash mid-write never leaves a truncated checkpoint behind.
+
+``load_checkpoint`` unpickles with ``torch.load(weights_only=True)``: tensors, numbers, strings
+and containers only, so a checkpoint from elsewhere cannot run code. NumPy's RNG state is stored
+as a tensor; checkpoints written before that hold a NumPy array, allowed by name
+(:data:`_NUMPY_GLOBALS`). Any file that is not a readable checkpoint of this format raises
+:class:`codetr.errors.CheckpointError` naming it.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -22,13 +29,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from codetr.errors import CheckpointError
+
 CHECKPOINT_FORMAT = "codetr-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+# what an older checkpoint's NumPy RNG state (an ndarray of uint32) needs to unpickle under weights_only
+_NUMPY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+                  (getattr(np, "_core", None) or np.core).multiarray._reconstruct]
+
+
 def capture_rng_state() -> dict[str, Any]:
-    """The RNG states of Python, NumPy, torch CPU and (when present) CUDA."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states of Python, NumPy, torch CPU and (when present) CUDA (plain values and tensors)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -37,7 +53,9 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else keys
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"].cpu() if isinstance(state["torch"], torch.Tensor) else state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"][: torch.cuda.device_count()]
@@ -86,8 +104,20 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (a file or a folder holding ``checkpoint.pt``)."""
     file = resolve_checkpoint_file(path)
-    # weights_only=False: the checkpoint holds RNG states (NumPy tuples) and the config dict
-    state = torch.load(file, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_NUMPY_GLOBALS):
+            state = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
+        if found:   # weights_only refused a global: not a plain-data checkpoint
+            raise CheckpointError(str(file), f"refused: it holds objects other than tensors and plain data "
+                                             f"({found[0]})") from None
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [type(e).__name__]
+        raise CheckpointError(str(file), f"unreadable: truncated or corrupt ({detail[0][:200]})") from None
+    except Exception as e:   # truncated zip, garbage bytes, an empty file: torch raises many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(str(file), f"unreadable: truncated or corrupt ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{file} is not a {CHECKPOINT_FORMAT} checkpoint")
+        found = state.get("format", "no 'format' entry") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(str(file), f"not a {CHECKPOINT_FORMAT} checkpoint (found {found})")
     return state

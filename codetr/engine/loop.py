@@ -15,6 +15,7 @@ Metric names (the one place they are made):
     train/lr, train/lr_mult     lr of the base group and of the lr-multiplied group
     train/grad_norm             total gradient norm before clipping
     train/iter_time             seconds per iteration;  train/images_per_s: all workers together
+    train/skipped_steps         steps dropped so far for a non-finite loss (train.on_nonfinite=skip)
     train/iter_cpu_time         CPU seconds of this process per iteration (the wall time it would take
                                 on a core of its own: on a shared machine, iter_time / iter_cpu_time
                                 shows the contention)
@@ -40,6 +41,8 @@ from torch import nn
 from codetr.engine.checkpoint import CHECKPOINT_FILE, capture_rng_state, save_checkpoint, unwrap_model
 from codetr.engine.dist import all_gather_objects, get_rank, get_world_size
 from codetr.engine.evaluate import EvalSample, evaluate
+from codetr.engine.nonfinite import DIVERGED_HINT, NonFiniteGuard
+from codetr.errors import NonFiniteCostError
 
 BEST_METRIC = "coco/AP"
 
@@ -50,6 +53,7 @@ class StepOutput:
     weighted: dict[str, torch.Tensor]   # named weighted terms (detached scalars)
     unweighted: dict[str, torch.Tensor]
     grad_norm: torch.Tensor             # total norm before clipping
+    applied: bool = True                # False: the update was skipped (non-finite loss or gradient)
 
 
 def autocast_context(device: torch.device, enabled: bool):
@@ -60,11 +64,14 @@ def autocast_context(device: torch.device, enabled: bool):
 
 
 def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict], optimizer: torch.optim.Optimizer,
-               *, clip_grad_norm: float, amp: bool = False) -> StepOutput:
+               *, clip_grad_norm: float, amp: bool = False,
+               allow_step: Callable[[torch.Tensor, dict, torch.Tensor], bool] | None = None) -> StepOutput:
     """One optimisation step: forward, backward, grad-norm clipping (``clip_grad_norm`` 0: none), step.
 
     ``model(images, targets, return_unweighted=True)`` must return two dicts of scalar tensors
     (weighted and unweighted named losses); their weighted sum is the objective.
+    ``allow_step(loss, weighted, grad_norm)``, when given, runs before ``optimizer.step()``: False
+    skips the update (see :mod:`codetr.engine.nonfinite`).
     """
     device = images[0].device
     with autocast_context(device, amp):
@@ -75,9 +82,13 @@ def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict]
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     max_norm = clip_grad_norm if clip_grad_norm > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=device)
-    optimizer.step()
+    applied = allow_step is None or allow_step(loss.detach(), weighted, grad_norm.detach())
+    if applied:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
     return StepOutput(loss.detach(), {k: v.detach() for k, v in weighted.items()},
-                      {k: v.detach() for k, v in unweighted.items()}, grad_norm.detach())
+                      {k: v.detach() for k, v in unweighted.items()}, grad_norm.detach(), applied)
 
 
 def head_of(loss_name: str) -> str:
@@ -180,6 +191,8 @@ class TrainLoop:
         checkpoint_extra: extra entries of every checkpoint (num_classes, category_names, ...).
         start_epoch, start_iteration, best_value: where a resumed run continues.
         num_samples: validation predictions kept for the host (drawn images) at the final evaluation.
+        image_names: image id -> file name (named by a non-finite-loss error).
+        skipped_steps: steps already skipped for a non-finite loss (a resumed run's count).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -187,7 +200,8 @@ class TrainLoop:
                  device: torch.device, iters_per_epoch: int, val_loader: Iterable | None = None,
                  make_evaluator: Callable[[], Any] | None = None, hooks: LoopHooks | None = None,
                  checkpoint_extra: dict[str, Any] | None = None, start_epoch: int = 0, start_iteration: int = 0,
-                 best_value: float | None = None, num_samples: int = 0, scratch_dir: str | Path | None = None):
+                 best_value: float | None = None, num_samples: int = 0, scratch_dir: str | Path | None = None,
+                 image_names: Callable[[int], str] | None = None, skipped_steps: int = 0):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_loader, self.val_loader, self.make_evaluator = train_loader, val_loader, make_evaluator
         self.cfg, self.tcfg = cfg, cfg.train
@@ -206,6 +220,7 @@ class TrainLoop:
         self.num_epochs = math.ceil(self.total_iters / iters_per_epoch) if iters_per_epoch else 0
         self.last_metrics: dict[str, float] = {}
         self.last_eval_summary = ""
+        self.guard = NonFiniteGuard(self.tcfg.on_nonfinite, self.tcfg.max_skipped_steps, image_names, skipped_steps)
 
     # ------------------------------------------------------------------ training
 
@@ -221,10 +236,10 @@ class TrainLoop:
             self.model.train()
             for images, targets in self.train_loader:
                 images, targets = _to_device(images, targets, self.device)
-                out = train_step(self.model, images, targets, self.optimizer,
-                                 clip_grad_norm=self.tcfg.clip_grad_norm, amp=self.tcfg.amp)
+                out = self._step(images, targets)
                 self.scheduler.step()
-                window.add(out, len(images))
+                if out.applied:
+                    window.add(out, len(images))
                 self.iteration += 1
                 done = self.iteration >= self.total_iters
                 if self.iteration % self.tcfg.log_every == 0 or done:
@@ -237,6 +252,7 @@ class TrainLoop:
                     metrics["train/iter_cpu_time"] = (time.process_time() - window_cpu_start) / max(steps, 1)
                     metrics["train/images_per_s"] = images_seen * self.world_size / max(elapsed, 1e-9)
                     metrics["train/epoch"] = self.iteration / self.iters_per_epoch
+                    metrics["train/skipped_steps"] = float(self.guard.skipped)
                     self.last_metrics.update(metrics)
                     if self.rank == 0 and self.hooks.on_log:
                         eta = (self.total_iters - self.iteration) * recent_iter_time
@@ -249,6 +265,17 @@ class TrainLoop:
             self._end_epoch(finished=self.iteration >= self.total_iters)
             window_start, window_cpu_start = time.perf_counter(), time.process_time()
         return self.last_metrics
+
+    def _step(self, images: list[torch.Tensor], targets: list[dict]) -> StepOutput:
+        """:func:`train_step` behind the non-finite guard (iteration numbers in errors are 1-based)."""
+        number = self.iteration + 1
+        try:
+            return train_step(self.model, images, targets, self.optimizer, clip_grad_norm=self.tcfg.clip_grad_norm,
+                              amp=self.tcfg.amp,
+                              allow_step=lambda loss, weighted, grad_norm: self.guard.allow_step(
+                                  number, loss, weighted, grad_norm, targets))
+        except NonFiniteCostError as e:
+            raise self.guard.error(number, {}, targets, what="predictions", hint=f"{e}; {DIVERGED_HINT}") from None
 
     def _set_epoch(self, epoch: int) -> None:
         sampler = getattr(self.train_loader, "sampler", None)
@@ -311,6 +338,7 @@ class TrainLoop:
             "config": to_dict(self.cfg),
             "metrics": dict(self.last_metrics),
             "best": None if self.best_value is None else {"metric": BEST_METRIC, "value": self.best_value},
+            "skipped_steps": self.guard.skipped,
             **self.checkpoint_extra,
         }
 

@@ -1,13 +1,20 @@
-"""ResNet backbone (torchvision), stages 2-4 out, with the reference's freezing rules."""
+"""Backbones: torchvision ResNet (here) and Swin (:mod:`codetr.models.swin`), chosen by
+``model.backbone.type`` in :func:`build_backbone`.
+
+The detector's interface: ``forward(images [B, 3, H, W]) -> list of maps`` (one per stage in
+``model.backbone.out_indices``, stage i at stride 4 x 2^i), with ``out_channels`` and
+``out_strides`` describing them.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops.misc import FrozenBatchNorm2d as _TorchvisionFrozenBN
 
 from codetr.config.schema import BackboneConfig
 
@@ -25,8 +32,19 @@ def default_weights_path(depth: int) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+class FrozenBatchNorm2d(_TorchvisionFrozenBN):
+    """BatchNorm with fixed statistics and affine parameters (buffers, not trained), computed by
+    ``F.batch_norm`` in inference mode: the same arithmetic as a BatchNorm in eval mode, so the
+    features are bitwise those of the official backbone (torchvision's version folds the statistics
+    into one scale and shift, which rounds differently in the last bit)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
 class ResNetBackbone(nn.Module):
-    """torchvision ResNet returning the stride 8 / 16 / 32 maps (stages 2, 3, 4).
+    """torchvision ResNet returning the maps of the stages in ``out_indices`` (0-3 = layer1-layer4,
+    strides 4-32; default [1, 2, 3] = C3-C5 at strides 8 / 16 / 32).
 
     ``frozen_stages`` = 1 freezes the stem and stage 1 (the official setting); ``norm`` =
     ``frozen_bn`` uses FrozenBatchNorm2d everywhere (ImageNet statistics), ``bn`` trains
@@ -55,10 +73,12 @@ class ResNetBackbone(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = 4 if cfg.depth >= 50 else 1
-        self.out_channels = [128 * expansion, 256 * expansion, 512 * expansion]
-        self.out_strides = [8, 16, 32]
-        frozen = [self.stem, self.layer1, self.layer2, self.layer3, self.layer4][: cfg.frozen_stages + 1] \
-            if cfg.frozen_stages > 0 else []
+        self.out_indices = list(cfg.out_indices)
+        self.out_channels = [64 * expansion * 2 ** i for i in self.out_indices]
+        self.out_strides = [4 * 2 ** i for i in self.out_indices]
+        frozen_stages = cfg.frozen()
+        frozen = [self.stem, self.layer1, self.layer2, self.layer3, self.layer4][: frozen_stages + 1] \
+            if frozen_stages > 0 else []
         for module in frozen:
             for p in module.parameters():
                 p.requires_grad_(False)
@@ -71,9 +91,22 @@ class ResNetBackbone(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """[B, 3, H, W] normalised images -> [C3 x H/8, C4 x H/16, C5 x H/32] maps."""
-        x = self.layer1(self.stem(x))
-        c3 = self.layer2(x)
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
-        return [c3, c4, c5]
+        """[B, 3, H, W] normalised images -> one map per stage i in ``out_indices``: [B, C_i, H / 2^(i+2), W / 2^(i+2)]
+        (default: C3 x H/8, C4 x H/16, C5 x H/32)."""
+        x = self.stem(x)
+        outs = []
+        for i, layer in enumerate([self.layer1, self.layer2, self.layer3, self.layer4][: self.out_indices[-1] + 1]):
+            x = layer(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs
+
+
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
+    """The backbone of ``model.backbone``: :class:`ResNetBackbone` or, for ``type: swin``,
+    :class:`codetr.models.swin.SwinBackbone` (both with ``out_channels`` / ``out_strides``)."""
+    if cfg.type == "swin":
+        from codetr.models.swin import build_swin
+
+        return build_swin(cfg)
+    return ResNetBackbone(cfg)

@@ -14,8 +14,12 @@ from torch import Tensor, nn
 
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from codetr.config.schema import ModelConfig
-from codetr.models.backbone import ResNetBackbone
+from codetr.models.backbone import build_backbone
+from codetr.models.aux.positives import select_positive_queries
 from codetr.models.criterion import QueryCriterion, layer_prefix
+from codetr.models.denoising import DenoisingQueries, build_denoising_queries
+from codetr.models.dino_head import DINOQueryHead
+from codetr.models.soft_nms import soft_nms
 from codetr.models.neck import ChannelMapper
 from codetr.models.query_head import QueryHead
 
@@ -37,9 +41,10 @@ class CoDETR(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         aux_heads = aux_heads or []
-        self.backbone = ResNetBackbone(cfg.backbone)
-        self.neck = ChannelMapper(self.backbone.out_channels, cfg.embed_dims)
-        self.query_head = QueryHead(cfg, num_classes, num_aux_heads=len(aux_heads))
+        self.backbone = build_backbone(cfg.backbone)
+        self.neck = ChannelMapper(self.backbone.out_channels, cfg.embed_dims, masked=cfg.neck_norm == "masked_group_norm")
+        head_cls = DINOQueryHead if cfg.query_head == "dino" else QueryHead
+        self.query_head = head_cls(cfg, num_classes, num_aux_heads=len(aux_heads))
         self.aux_heads = nn.ModuleList(aux_heads)
         self.aux_keys = aux_head_keys(list(cfg.aux_heads))[: len(aux_heads)]
         self.criterion = QueryCriterion(cfg, num_classes)
@@ -75,12 +80,15 @@ class CoDETR(nn.Module):
 
     @torch.no_grad()
     def postprocess(self, logits: Tensor, boxes_cxcywh_norm: Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
-        """Top-k over queries x classes (sigmoid), boxes to xyxy pixels clipped to the image. No NMS.
+        """Top-k over queries x classes (sigmoid), boxes to xyxy pixels clipped to the image.
 
+        NMS ``none`` (Co-Deformable-DETR): the top ``num_detections``. ``soft`` (official Co-DINO): the top
+        ``num_queries`` candidates, class-wise linear soft-NMS, then the first ``num_detections``.
         logits [B, Q, C], boxes [B, Q, 4] -> per image {"boxes" [k, 4], "scores" [k], "labels" [k]}.
         """
         bs, num_queries, num_classes = logits.shape
-        k = min(self.cfg.num_detections, num_queries * num_classes)
+        use_nms = self.cfg.eval_nms() == "soft"
+        k = min(num_queries if use_nms else self.cfg.num_detections, num_queries * num_classes)
         scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)
         query = index // num_classes
         labels = index % num_classes
@@ -90,7 +98,12 @@ class CoDETR(nn.Module):
             b = boxes_xyxy[i] * boxes_xyxy.new_tensor([w, h, w, h])
             b[:, 0::2] = b[:, 0::2].clamp(0, w)
             b[:, 1::2] = b[:, 1::2].clamp(0, h)
-            results.append({"boxes": b, "scores": scores[i], "labels": labels[i]})
+            s, lab = scores[i], labels[i]
+            if use_nms:
+                keep, s = soft_nms(b, s, lab, self.cfg.nms_iou)
+                keep, s = keep[:self.cfg.num_detections], s[:self.cfg.num_detections].to(scores.dtype)
+                b, lab = b[keep], lab[keep]
+            results.append({"boxes": b, "scores": s, "labels": lab})
         return results
 
     # ------------------------------------------------------------------ forward
@@ -99,42 +112,70 @@ class CoDETR(nn.Module):
         """Train mode: weighted losses (and the unweighted terms with ``return_unweighted``).
         Eval mode: detections in input-image pixels."""
         batch, mask, sizes = self.preprocess(images)
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
         feats, masks = self.neck(self.backbone(batch), mask)
-        out = self.query_head(feats, masks)
+        if isinstance(self.query_head, DINOQueryHead) and self.training:
+            out = self.query_head(feats, masks, self.denoising_queries(targets, sizes))
+        else:
+            out = self.query_head(feats, masks)
         if not self.training:
             return self.postprocess(out.logits[-1], out.boxes_cxcywh_norm[-1], sizes)
-        if targets is None:
-            raise ValueError("targets are required in training mode")
         unweighted = self.compute_losses(out, targets, sizes)
         weighted = self.weight_losses(unweighted)
         return (weighted, unweighted) if return_unweighted else weighted
 
-    def compute_losses(self, out, targets: list[dict], sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
-        """All unweighted loss terms: the query head's, each auxiliary head's and its positive queries'."""
-        device = out.logits.device
+    def _normalised_targets(self, targets: list[dict], sizes: list[tuple[int, int]], device: torch.device
+                            ) -> tuple[list[Tensor], list[Tensor]]:
         scales = self._scales(sizes, device)
         gt_labels = [t["labels"].to(device=device, dtype=torch.int64) for t in targets]
-        gt_boxes = [box_xyxy_to_cxcywh(t["boxes"].to(device=device, dtype=torch.float32)) / scales[i]
+        gt_boxes = [box_xyxy_to_cxcywh(t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4)) / scales[i]
                     for i, t in enumerate(targets)]
-        losses = self.criterion.hungarian_losses(out.logits, out.boxes_cxcywh_norm, out.enc_logits,
-                                                 out.enc_boxes_cxcywh_norm, gt_labels, gt_boxes, scales)
+        return gt_labels, gt_boxes
+
+    def denoising_queries(self, targets: list[dict], sizes: list[tuple[int, int]]) -> DenoisingQueries:
+        """DINO's contrastive denoising queries for a training batch."""
+        dn = self.cfg.dn
+        gt_labels, gt_boxes = self._normalised_targets(targets, sizes, self.pixel_mean.device)
+        return build_denoising_queries(gt_labels, gt_boxes, self.query_head.label_embedding, self.num_classes,
+                                       self.query_head.num_queries, dn.num_queries, dn.label_noise, dn.box_noise)
+
+    def compute_losses(self, out, targets: list[dict], sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
+        """All unweighted loss terms: the query head's (and its denoising queries'), each auxiliary head's
+        and its positive queries'."""
+        device = out.logits.device
+        scales = self._scales(sizes, device)
+        gt_labels, gt_boxes = self._normalised_targets(targets, sizes, device)
+        logits, boxes = out.logits, out.boxes_cxcywh_norm
+        losses: dict[str, Tensor] = {}
+        if out.dn is not None:   # the denoising queries come first
+            pad = out.dn.pad_size
+            losses.update(self.criterion.denoising_losses(logits[:, :, :pad], boxes[:, :, :pad], out.dn, gt_labels,
+                                                          gt_boxes, scales))
+            logits, boxes = logits[:, :, pad:], boxes[:, :, pad:]
+        losses.update(self.criterion.hungarian_losses(logits, boxes, out.enc_logits, out.enc_boxes_cxcywh_norm,
+                                                      gt_labels, gt_boxes, scales))
         head_targets = [{"boxes": t["boxes"].to(device=device, dtype=torch.float32),
                          "labels": t["labels"].to(device=device, dtype=torch.int64)} for t in targets]
         for idx, (key, head) in enumerate(zip(self.aux_keys, self.aux_heads)):
-            head_losses, positives = head.forward_train(out.pyramid, head_targets, sizes)
+            head_losses, candidates = head.forward_train(out.pyramid, head_targets, sizes)
             losses.update({f"{key}/{term}": value for term, value in head_losses.items()})
-            if positives.mask.shape[1] == 0:
-                # no positives anywhere in the batch: keep the branch in the graph with zero losses
+            queries = select_positive_queries(candidates, self.num_classes, sizes, self.cfg.max_pos_queries,
+                                              padding=self.cfg.pos_query_padding)
+            if queries.positive.shape[1] == 0 or not queries.in_loss.any():
+                # nothing to decode (masked padding and no positive in the batch): keep the branch in the
+                # graph with zero losses
                 zero = sum(p.sum() for p in self.query_head.positive_branch_parameters(idx)) * 0.0
+                if queries.feats is not None:
+                    zero = zero + queries.feats.sum() * 0.0
                 for layer in range(self.cfg.num_decoder_layers):
                     prefix = layer_prefix(f"{key}/pos.", layer, self.cfg.num_decoder_layers)
                     for term in ("loss_cls", "loss_bbox", "loss_giou"):
                         losses[prefix + term] = zero
                 continue
-            logits, boxes = self.query_head.forward_positive(out.ctx, positives.boxes_cxcywh_norm, positives.mask,
-                                                             idx, positives.feats)
-            losses.update(self.criterion.positive_losses(key, logits, boxes, positives.labels,
-                                                         positives.targets_cxcywh_norm, positives.mask, scales))
+            logits, boxes = self.query_head.forward_positive(out.ctx, queries.boxes_cxcywh_norm, queries.attended,
+                                                             idx, queries.feats)
+            losses.update(self.criterion.positive_losses(key, logits, boxes, queries, scales))
         return losses
 
     def loss_weight(self, name: str) -> float:
@@ -144,7 +185,7 @@ class CoDETR(nn.Module):
         ``<head>/<term>``: the head's own term weight x lambda2 x num_decoder_layers.
         """
         head, term = name.split("/", 1)
-        query_weights = {"loss_cls": self.cfg.loss.cls, "loss_bbox": self.cfg.loss.bbox,
+        query_weights = {"loss_cls": self.cfg.cls_loss_weight(), "loss_bbox": self.cfg.loss.bbox,
                          "loss_giou": self.cfg.loss.giou}
         last = term.rsplit(".", 1)[-1]
         if head == "query":

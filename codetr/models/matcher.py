@@ -1,11 +1,13 @@
 """Hungarian matching of predictions to ground truth (one-to-one assignment)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from codetr.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from codetr.errors import NonFiniteCostError
 
 
 @torch.no_grad()
@@ -70,7 +72,11 @@ def hungarian_match(logits: Tensor, boxes_cxcywh_norm: Tensor, gt_labels: list[T
             gt_xyxy = box_cxcywh_to_xyxy(gt_boxes_cxcywh_norm[i].float()) * scales_xyxy[i]
             block = block - giou_weight * generalized_box_iou(pred_xyxy, gt_xyxy)
         start += size
-        pred_idx, gt_idx = linear_sum_assignment(block.cpu().numpy())
+        block = block.cpu().numpy()
+        if not np.isfinite(block).all():   # scipy would fail with "matrix contains invalid numeric entries"
+            raise NonFiniteCostError(f"Hungarian matcher: {int((~np.isfinite(block)).sum())} non-finite cost(s) "
+                                     f"for image {i} of the batch (the predictions are NaN / inf)")
+        pred_idx, gt_idx = linear_sum_assignment(block)
         result.append((torch.as_tensor(pred_idx, dtype=torch.int64, device=device),
                        torch.as_tensor(gt_idx, dtype=torch.int64, device=device)))
     return result

@@ -1,8 +1,8 @@
-"""Channel mapper neck: 1x1 conv + GroupNorm per input, plus one extra stride-64 level.
+"""Channel mapper neck: 1x1 conv (no bias) + GroupNorm(32) per input, plus one extra stride-64 level.
 
-The GroupNorm statistics are taken over the image part of each map only, so an image's
-features do not depend on how much padding its batch adds (the reference's GroupNorm
-averages over the padding too).
+As in the official model the GroupNorm statistics are taken over the whole padded map, so a
+padded image's features depend on how much padding its batch adds. ``masked=True`` (config
+``model.neck_norm: masked_group_norm``, not official) takes them over the image part only.
 """
 from __future__ import annotations
 
@@ -35,17 +35,18 @@ def mask_like(mask: Tensor, feat: Tensor) -> Tensor:
 class ChannelMapper(nn.Module):
     """Maps the backbone's C3-C5 to ``embed_dims`` and adds a 3x3 stride-2 level on C5 (4 levels)."""
 
-    def __init__(self, in_channels: list[int], embed_dims: int, num_groups: int = 32) -> None:
+    def __init__(self, in_channels: list[int], embed_dims: int, num_groups: int = 32, masked: bool = False) -> None:
         super().__init__()
         groups = min(num_groups, embed_dims)
-        self.lateral = nn.ModuleList(nn.Conv2d(c, embed_dims, kernel_size=1) for c in in_channels)
+        self.masked = masked
+        # a conv followed by a norm has no bias (the norm's shift replaces it), as the official ConvModule
+        self.lateral = nn.ModuleList(nn.Conv2d(c, embed_dims, kernel_size=1, bias=False) for c in in_channels)
         self.lateral_norm = nn.ModuleList(MaskedGroupNorm(groups, embed_dims) for _ in in_channels)
-        self.extra = nn.Conv2d(in_channels[-1], embed_dims, kernel_size=3, stride=2, padding=1)
+        self.extra = nn.Conv2d(in_channels[-1], embed_dims, kernel_size=3, stride=2, padding=1, bias=False)
         self.extra_norm = MaskedGroupNorm(groups, embed_dims)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, feats: list[Tensor], mask: Tensor | None = None) -> tuple[list[Tensor], list[Tensor | None]]:
         """[C3, C4, C5] and the image padding mask [bs, H, W] -> 4 maps [bs, embed_dims, H_l, W_l]
@@ -53,10 +54,10 @@ class ChannelMapper(nn.Module):
         outs, masks = [], []
         for conv, norm, f in zip(self.lateral, self.lateral_norm, feats):
             m = mask_like(mask, f) if mask is not None else None
-            outs.append(norm(conv(f), m))
+            outs.append(norm(conv(f), m if self.masked else None))
             masks.append(m)
         extra = self.extra(feats[-1])
         m = mask_like(mask, extra) if mask is not None else None
-        outs.append(self.extra_norm(extra, m))
+        outs.append(self.extra_norm(extra, m if self.masked else None))
         masks.append(m)
         return outs, masks

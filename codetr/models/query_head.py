@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,17 +17,22 @@ from torch import Tensor, nn
 from codetr.box_ops import inverse_sigmoid
 from codetr.config.schema import ModelConfig
 from codetr.models.position_encoding import SinePositionalEncoding, box_position_embedding
+from codetr.models.deformable_attention import MultiScaleDeformableAttention
 from codetr.models.transformer import DeformableDecoder, DeformableEncoder, MemoryContext
+
+if TYPE_CHECKING:
+    from codetr.models.denoising import DenoisingQueries
 
 
 @dataclass
 class QueryHeadOutput:
     logits: Tensor                # [num_layers, bs, num_queries, num_classes]
     boxes_cxcywh_norm: Tensor     # [num_layers, bs, num_queries, 4], normalised to each image's unpadded size
-    enc_logits: Tensor | None     # [bs, num_keys, 1] class-agnostic two-stage scores (train only)
+    enc_logits: Tensor | None     # [bs, num_keys, num_classes] two-stage scores, channel 0 ranks (train only)
     enc_boxes_cxcywh_norm: Tensor | None  # [bs, num_keys, 4] two-stage proposals (train only)
     pyramid: list[Tensor] | None  # 5 maps [bs, embed_dims, H_l, W_l], strides 8..128 (train only, for aux heads)
     ctx: MemoryContext | None     # encoder memory, for the positive-query decoder passes (train only)
+    dn: "DenoisingQueries | None" = None  # DINO: the denoising queries at the front of logits / boxes (train only)
 
 
 class MLP(nn.Module):
@@ -41,6 +47,20 @@ class MLP(nn.Module):
             if i < len(self.layers) - 1:
                 x = F.relu(x)
         return x
+
+
+def select_valid_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
+    """[bs, N] scores, [bs, N] bool -> [bs, k] indices of the top-k scores among the valid positions.
+
+    The one deliberate deviation from the official two-stage selection, which can pick invalid
+    positions (padding, out-of-range proposals). Where the plain top-k picks none, it is returned as
+    it is, so that ties break exactly as in the official code; only otherwise are the invalid
+    positions masked and the top-k taken again.
+    """
+    topk = scores.topk(k, dim=1).indices
+    if bool(invalid.gather(1, topk).any()):
+        topk = scores.masked_fill(invalid, float("-inf")).topk(k, dim=1).indices
+    return topk
 
 
 def valid_ratios_of(mask: Tensor) -> Tensor:
@@ -105,23 +125,27 @@ class QueryHead(nn.Module):
                             num_points=cfg.num_points, ffn_dims=cfg.ffn_dims, dropout=cfg.dropout)
         self.positional_encoding = SinePositionalEncoding(d // 2)
         self.level_embeds = nn.Parameter(torch.empty(cfg.num_levels, d))
-        self.encoder = DeformableEncoder(cfg.num_encoder_layers, **layer_kwargs)
+        self.encoder = DeformableEncoder(cfg.num_encoder_layers, checkpoint_layers=cfg.encoder_checkpoint_layers,
+                                         **layer_kwargs)
         self.decoder = DeformableDecoder(cfg.num_decoder_layers, **layer_kwargs)
-        # two-stage: memory -> proposal scores (class-agnostic) and box deltas
+        # two-stage: memory -> proposal scores and box deltas. The scorer has num_classes outputs as the
+        # official one (its extra class branch); channel 0 ranks the proposals, all channels are trained
+        # with class-agnostic targets.
         self.enc_output = nn.Linear(d, d)
         self.enc_output_norm = nn.LayerNorm(d)
-        self.enc_cls_branch = nn.Linear(d, 1)
-        self.enc_reg_branch = MLP(d, d, 4, 3)
         # query positions (and content, without mixed selection) from the proposals' sine embedding
         self.pos_trans = nn.Linear(2 * d, 2 * d)
         self.pos_trans_norm = nn.LayerNorm(2 * d)
         if self.mixed_selection:
             self.query_embedding = nn.Embedding(cfg.num_queries, d)
-        # one class / box branch per decoder layer (box refinement: not shared)
+        # one class / box branch per decoder layer (box refinement: not shared), and the two-stage pair:
+        # all start as copies of one initialisation, as the reference's cloned branches
         cls_branch = nn.Linear(d, num_classes)
         reg_branch = MLP(d, d, 4, 3)
         self.cls_branches = nn.ModuleList(copy.deepcopy(cls_branch) for _ in range(cfg.num_decoder_layers))
         self.reg_branches = nn.ModuleList(copy.deepcopy(reg_branch) for _ in range(cfg.num_decoder_layers))
+        self.enc_cls_branch = copy.deepcopy(cls_branch)
+        self.enc_reg_branch = copy.deepcopy(reg_branch)
         # the encoder memory's stride-64 map downsampled once more: the stride-128 level of the aux pyramid
         # (training only, so built only when there are auxiliary heads to feed)
         self.downsample = nn.Sequential(nn.Conv2d(d, d, kernel_size=3, stride=2, padding=1),
@@ -133,10 +157,29 @@ class QueryHead(nn.Module):
         if self.with_coord_feat:
             self.pos_feats_trans = nn.ModuleList(nn.Linear(d, d) for _ in range(num_aux_heads))
             self.pos_feats_norm = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_aux_heads))
-            self.head_pos_embed = nn.Embedding(num_aux_heads, d)
+            # one learned scalar per auxiliary head, broadcast over the embedding (the official
+            # embedding of width 1)
+            self.head_pos_embed = nn.Embedding(num_aux_heads, 1)
         self.reset_parameters()
 
+    def _transformer_modules(self) -> list[nn.Module]:
+        """The modules the official transformer holds (its init_weights covers them)."""
+        mods = [self.encoder, self.decoder, self.enc_output, self.pos_trans, self.aux_pos_trans]
+        if self.with_coord_feat:
+            mods += [self.pos_feats_trans, self.head_pos_embed]
+        return mods
+
     def reset_parameters(self) -> None:
+        """The official initialisation: Xavier-uniform on every matrix of the transformer (encoder,
+        decoder, two-stage and positive-query encoders, the per-head embedding), then the deformable
+        attention's own scheme, level embeddings normal; class biases at prior 0.01, last box layers 0."""
+        for module in self._transformer_modules():
+            for p in module.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+        for m in self.modules():
+            if isinstance(m, MultiScaleDeformableAttention):
+                m.reset_parameters()
         nn.init.normal_(self.level_embeds)
         prior_bias = -math.log((1 - 0.01) / 0.01)
         for branch in list(self.cls_branches) + [self.enc_cls_branch]:
@@ -144,8 +187,6 @@ class QueryHead(nn.Module):
         for branch in list(self.reg_branches) + [self.enc_reg_branch]:
             nn.init.zeros_(branch.layers[-1].weight)
             nn.init.zeros_(branch.layers[-1].bias)
-        nn.init.xavier_uniform_(self.pos_trans.weight)
-        nn.init.xavier_uniform_(self.enc_output.weight)
 
     def drop_aux_branch(self) -> None:
         """Remove the positive-query encoders and the pyramid's extra level (inference needs none of them)."""
@@ -176,11 +217,10 @@ class QueryHead(nn.Module):
         # two-stage: score every encoder position as a class-agnostic proposal, keep the top num_queries
         output_memory, proposals_unact = encoder_proposals(memory, padding_mask, spatial_shapes)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
-        enc_logits = self.enc_cls_branch(output_memory)  # [bs, num_keys, 1]
+        enc_logits = self.enc_cls_branch(output_memory)  # [bs, num_keys, num_classes]
         enc_boxes_unact = self.enc_reg_branch(output_memory) + proposals_unact
         num_select = min(self.num_queries, enc_logits.shape[1])
-        selection_scores = enc_logits[..., 0].masked_fill(torch.isinf(proposals_unact[..., 0]), float("-inf"))
-        topk = selection_scores.topk(num_select, dim=1).indices  # [bs, num_select]
+        topk = select_valid_topk(enc_logits[..., 0], torch.isinf(proposals_unact[..., 0]), num_select)  # [bs, num_select]
         topk_boxes_unact = enc_boxes_unact.gather(1, topk[..., None].expand(-1, -1, 4)).detach()
         pos_trans = self.pos_trans_norm(self.pos_trans(box_position_embedding(topk_boxes_unact, self.embed_dims // 2)))
         query_pos, query = pos_trans.split(self.embed_dims, dim=-1)
@@ -210,16 +250,17 @@ class QueryHead(nn.Module):
         params = [p for m in modules for p in m.parameters()]
         return params + ([self.head_pos_embed.weight] if self.with_coord_feat else [])
 
-    def forward_positive(self, ctx: MemoryContext, boxes_cxcywh_norm: Tensor, mask: Tensor, head_idx: int,
+    def forward_positive(self, ctx: MemoryContext, boxes_cxcywh_norm: Tensor, attended: Tensor, head_idx: int,
                          feats: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Decode one auxiliary head's positives as customized positive queries.
+        """Decode one auxiliary head's query slots as customized positive queries.
 
         Args:
             ctx: the encoder memory of the same forward pass.
-            boxes_cxcywh_norm: [bs, P, 4] positive anchors / proposals (no gradient).
-            mask: [bs, P] True = real positive (padding is masked out of self-attention).
+            boxes_cxcywh_norm: [bs, P, 4] the slots' anchors / proposals (no gradient).
+            attended: [bs, P] False = masked padding no other query attends to (all True with the
+                official negative padding).
             head_idx: which auxiliary head (selects its query encoder).
-            feats: optional [bs, P, embed_dims] pooled features (coordinate-feature branch).
+            feats: optional [bs, P, embed_dims] features (coordinate-feature branch).
         Returns:
             logits [num_layers, bs, P, num_classes] and boxes_cxcywh_norm [num_layers, bs, P, 4].
         """
@@ -231,7 +272,6 @@ class QueryHead(nn.Module):
             query = query + self.pos_feats_norm[head_idx](self.pos_feats_trans[head_idx](feats))
             query_pos = query_pos + self.head_pos_embed.weight[head_idx]
         # a row of only padding would make attention softmax over nothing: let such rows see themselves
-        padding = ~mask
-        padding = padding & mask.any(1, keepdim=True)
+        padding = ~attended & attended.any(1, keepdim=True)
         return self.decoder(query, query_pos, boxes_cxcywh_norm, ctx, self.cls_branches, self.reg_branches,
-                            query_padding_mask=padding)
+                            query_padding_mask=padding if padding.any() else None)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from codetr.box_ops import inverse_sigmoid
 from codetr.models.deformable_attention import MultiScaleDeformableAttention
@@ -65,9 +66,11 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(embed_dims)
 
     def forward(self, x: Tensor, pos: Tensor, reference_points: Tensor, ctx: MemoryContext,
-                query_padding_mask: Tensor | None) -> Tensor:
+                query_padding_mask: Tensor | None, self_attn_mask: Tensor | None = None) -> Tensor:
+        """``self_attn_mask``: optional [Q, Q] bool, True = query i must not attend to query j."""
         q = k = x + pos
-        attn = self.self_attn(q, k, x, key_padding_mask=query_padding_mask, need_weights=False)[0]
+        attn = self.self_attn(q, k, x, key_padding_mask=query_padding_mask, attn_mask=self_attn_mask,
+                              need_weights=False)[0]
         x = self.norm1(x + self.dropout1(attn))
         attn = self.cross_attn(x + pos, reference_points, ctx.memory, ctx.spatial_shapes, ctx.padding_mask)
         x = self.norm2(x + self.dropout2(attn))
@@ -94,16 +97,23 @@ def encoder_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios
 
 
 class DeformableEncoder(nn.Module):
-    def __init__(self, num_layers: int, **layer_kwargs) -> None:
+    """``checkpoint_layers``: the first N layers recompute their activations in the backward pass
+    during training (activation checkpointing: less memory, one more forward of those layers)."""
+
+    def __init__(self, num_layers: int, checkpoint_layers: int = 0, **layer_kwargs) -> None:
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(**layer_kwargs) for _ in range(num_layers))
+        self.checkpoint_layers = checkpoint_layers
 
     def forward(self, x: Tensor, pos: Tensor, spatial_shapes: list[tuple[int, int]], valid_ratios: Tensor,
                 padding_mask: Tensor) -> Tensor:
         """x, pos: [bs, num_keys, embed_dims] -> memory [bs, num_keys, embed_dims]."""
         reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
-        for layer in self.layers:
-            x = layer(x, pos, reference_points, spatial_shapes, padding_mask)
+        for i, layer in enumerate(self.layers):
+            if self.training and i < self.checkpoint_layers and torch.is_grad_enabled():
+                x = checkpoint(layer, x, pos, reference_points, spatial_shapes, padding_mask, use_reentrant=False)
+            else:
+                x = layer(x, pos, reference_points, spatial_shapes, padding_mask)
         return x
 
 

@@ -3,8 +3,9 @@
 One stacked conv + GroupNorm per branch, one square anchor per location (size 8 x stride),
 ATSS assignment (top-9 per level, IoU >= mean + std), focal classification, GIoU on
 decoded boxes weighted by the centerness target, centerness BCE, a learnable scale per level.
-Positives handed to the query head: the positive anchors, with the encoder feature at
-their location.
+Candidates handed to the query head: every anchor with its assigned label (background for
+negatives) and the encoder feature at its location; anchors outside the image's valid area are
+zero boxes, as the reference's unmapped targets.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from codetr.models.aux.assigners import atss_assign
 from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_tower, flatten_levels,
                                     init_conv_head, positive_normaliser, reduce_mean, targets_to_device)
 from codetr.models.aux.box_coder import DeltaXYWHCoder
-from codetr.models.aux.positives import Positives, gather_positives
+from codetr.models.aux.positives import Candidates
 
 
 def centerness_target(points_xy: Tensor, boxes_xyxy: Tensor) -> Tensor:
@@ -40,12 +41,11 @@ class ATSSHead(AuxHead):
     """ATSS head on the 5-level pyramid. Loss keys: loss_cls, loss_bbox, loss_centerness."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: ATSSConfig | None = None, *,
-                 max_pos: int = 300, strides: Sequence[int] = PYRAMID_STRIDES) -> None:
+                 strides: Sequence[int] = PYRAMID_STRIDES) -> None:
         super().__init__()
         cfg = cfg or ATSSConfig()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.max_pos = max_pos
         self.strides = list(strides)
         c = in_channels
         self.cls_convs = conv_gn_tower(c, cfg.stacked_convs)
@@ -124,7 +124,7 @@ class ATSSHead(AuxHead):
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
 
     def forward_train(self, feats: list[Tensor], targets: list[dict],
-                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Positives]:
+                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Candidates]:
         feats = list(feats)[:len(self.strides)]
         outputs = self(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
@@ -135,6 +135,6 @@ class ATSSHead(AuxHead):
         gt_boxes, gt_labels = targets_to_device(targets, device)
         labels, targets_xyxy, pos_mask = self.assign(anchors_xyxy, num_level_anchors, valid, gt_boxes, gt_labels)
         losses = self.loss(outputs, anchors_xyxy, valid, labels, targets_xyxy, pos_mask)
-        positives = gather_positives(pos_mask, anchors_xyxy, labels, targets_xyxy, image_sizes, self.max_pos,
-                                     feats=flatten_levels(feats, feats[0].shape[1]))
-        return losses, positives
+        boxes_xyxy = torch.where(valid[..., None], anchors_xyxy[None], torch.zeros_like(anchors_xyxy)[None])
+        candidates = Candidates(boxes_xyxy, labels, targets_xyxy, feats=flatten_levels(feats, feats[0].shape[1]))
+        return losses, candidates

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from codetr.models.aux.positives import Positives
+from codetr.models.aux.positives import Candidates
 
 # The input pyramid: the encoder's 4 levels plus one stride-128 map.
 PYRAMID_STRIDES = (8, 16, 32, 64, 128)
@@ -24,11 +24,12 @@ class AuxHead(nn.Module):
     loss_weights: dict[str, float]
 
     def forward_train(self, feats: list[Tensor], targets: list[dict],
-                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Positives]:
+                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Candidates]:
         """feats: 5 maps [B, C, H_l, W_l] (strides 8..128, padded bottom / right);
         targets: per image {"boxes": [N, 4] xyxy pixels, "labels": [N] int64};
         image_sizes: per image unpadded (h, w).
-        Returns unweighted normalised scalar losses and the positives."""
+        Returns unweighted normalised scalar losses and every assignment candidate (positives
+        with their class, negatives labelled ``num_classes``) for the customized positive queries."""
         raise NotImplementedError
 
 

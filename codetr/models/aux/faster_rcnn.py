@@ -1,8 +1,10 @@
 """The ``faster_rcnn`` auxiliary head: RPN on the 5 levels, RoI head on the 4 finest.
 
-Positives handed to the query head: the positive sampled proposals of the RoI head
-(ground truth added as proposals included), with their assigned labels, gt boxes and
-RoI features averaged over the 7x7 bins, as the official release does.
+Candidates handed to the query head: the RoI head's sampled proposals (ground truth added as
+proposals included; positives first, then negatives), with their assigned labels (background
+for negatives), gt boxes and RoI features averaged over the 7x7 bins (not detached), as the
+official release does; every image keeps only as many as the image with the fewest samples
+(the reference's per-batch truncation).
 """
 from __future__ import annotations
 
@@ -13,28 +15,31 @@ from torch import Tensor
 
 from codetr.config.aux_schema import FasterRCNNConfig
 from codetr.models.aux.base import PYRAMID_STRIDES, AuxHead, targets_to_device
-from codetr.models.aux.positives import Positives, gather_positives
+from codetr.models.aux.positives import Candidates
 from codetr.models.aux.roi_head import RoIHead
 from codetr.models.aux.rpn import RPNHead
+
+
+# the reference hands at most this many sampled proposals per image to the positive queries
+MAX_CANDIDATES = 2000
 
 
 class FasterRCNNHead(AuxHead):
     """RPN + RoI head. Loss keys: rpn.loss_cls, rpn.loss_bbox, roi.loss_cls, roi.loss_bbox."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: FasterRCNNConfig | None = None, *,
-                 max_pos: int = 300, strides: Sequence[int] = PYRAMID_STRIDES) -> None:
+                 strides: Sequence[int] = PYRAMID_STRIDES) -> None:
         super().__init__()
         cfg = cfg or FasterRCNNConfig()
         self.cfg = cfg
-        self.max_pos = max_pos
         self.strides = list(strides)
         self.rpn = RPNHead(in_channels, cfg, strides=self.strides)
-        self.roi_head = RoIHead(in_channels, num_classes, cfg, strides=self.strides[:4])
+        self.roi_head = RoIHead(in_channels, num_classes, cfg, strides=self.strides[:-1])   # all but the coarsest
         self.loss_weights = {"rpn.loss_cls": cfg.rpn_cls_weight, "rpn.loss_bbox": cfg.rpn_bbox_weight,
                              "roi.loss_cls": cfg.roi_cls_weight, "roi.loss_bbox": cfg.roi_bbox_weight}
 
     def forward_train(self, feats: list[Tensor], targets: list[dict],
-                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Positives]:
+                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Candidates]:
         feats = list(feats)[:len(self.strides)]
         device = feats[0].device
         sizes = [tuple(f.shape[-2:]) for f in feats]
@@ -52,7 +57,7 @@ class FasterRCNNHead(AuxHead):
 
         # stage 2: sampled proposals through the RoI head
         rois, slot_valid, labels, roi_targets, roi_pos = self.roi_head.sample(proposals, gt_boxes, gt_labels)
-        roi_feats = self.roi_head.roi_features(feats[:4], rois)                   # [B*S, C, 7, 7]
+        roi_feats = self.roi_head.roi_features(feats[:-1], rois)                  # [B*S, C, 7, 7]
         cls_logits, deltas = self.roi_head(roi_feats)
         roi_losses = self.roi_head.loss(cls_logits, deltas, rois, slot_valid, labels, roi_targets, roi_pos)
 
@@ -60,6 +65,9 @@ class FasterRCNNHead(AuxHead):
         losses.update({f"roi.{k}": v for k, v in roi_losses.items()})
         b, s = rois.shape[:2]
         pooled = roi_feats.mean(dim=(-2, -1)).reshape(b, s, -1)                   # [B, S, C]
-        positives = gather_positives(roi_pos & slot_valid, rois, labels, roi_targets, image_sizes, self.max_pos,
-                                     feats=pooled)
-        return losses, positives
+        # sampled slots come positives first; every image keeps the first `common` of its samples
+        counts = slot_valid.sum(dim=1)
+        common = counts.min().clamp(max=MAX_CANDIDATES)
+        keep = slot_valid & (torch.arange(s, device=device)[None] < common)
+        cand_labels = torch.where(keep, labels, torch.full_like(labels, -1))
+        return losses, Candidates(rois, cand_labels, roi_targets, feats=pooled)

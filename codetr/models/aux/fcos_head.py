@@ -5,7 +5,7 @@ Points at the cell centres of strides 8..128, per-level regress ranges, center s
 (radius 1.5 strides), focal classification, GIoU on the decoded boxes weighted by the
 centerness target, centerness BCE, a learnable scale per level.
 
-Positives handed to the query head: a positive is a point, so its box is the square of
+Candidates handed to the query head (every point, background for negatives): a point's box is the square of
 side ``pos_box_size x stride`` centred on the point (the level's stride-scaled size, as
 Co-DETR builds FCOS positive coordinates); the decoded prediction is not used because it
 is meaningless early in training and would make the positive queries depend on this
@@ -26,19 +26,18 @@ from codetr.models.aux.assigners import fcos_assign
 from codetr.models.aux.atss_head import centerness_target
 from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_tower, flatten_levels,
                                     init_conv_head, positive_normaliser, reduce_mean, targets_to_device)
-from codetr.models.aux.positives import Positives, gather_positives
+from codetr.models.aux.positives import Candidates
 
 
 class FCOSHead(AuxHead):
     """FCOS head on the 5-level pyramid. Loss keys: loss_cls, loss_bbox, loss_centerness."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: FCOSConfig | None = None, *,
-                 max_pos: int = 300, strides: Sequence[int] = PYRAMID_STRIDES) -> None:
+                 strides: Sequence[int] = PYRAMID_STRIDES) -> None:
         super().__init__()
         cfg = cfg or FCOSConfig()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.max_pos = max_pos
         self.strides = list(strides)
         c = in_channels
         self.cls_convs = conv_gn_tower(c, cfg.stacked_convs)
@@ -113,7 +112,7 @@ class FCOSHead(AuxHead):
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_centerness": loss_ctr}
 
     def forward_train(self, feats: list[Tensor], targets: list[dict],
-                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Positives]:
+                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Candidates]:
         feats = list(feats)[:len(self.strides)]
         outputs = self(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
@@ -128,6 +127,5 @@ class FCOSHead(AuxHead):
             torch.tensor(self.strides, dtype=points_xy.dtype, device=device),
             torch.tensor(num_level_points, device=device))[:, None]
         point_boxes = torch.cat([points_xy - half, points_xy + half], dim=-1)      # [N, 4]
-        positives = gather_positives(pos_mask, point_boxes, labels, targets_xyxy, image_sizes, self.max_pos,
-                                     feats=flatten_levels(feats, feats[0].shape[1]))
-        return losses, positives
+        candidates = Candidates(point_boxes, labels, targets_xyxy, feats=flatten_levels(feats, feats[0].shape[1]))
+        return losses, candidates

@@ -4,8 +4,9 @@
 MaxIoU 0.5 / 0.4 with low-quality matches, focal classification and L1 on the deltas
 (stds 1) or GIoU on decoded boxes, normalised by the number of positives. The branches
 have ``stacked_convs`` conv + ReLU layers (1 by default, light like the ATSS aux head).
-Positives handed to the query head: the positive anchors, with the encoder feature at
-their location.
+Candidates handed to the query head: every anchor with its assigned label (background for
+negatives and ignored anchors) and the encoder feature at its location; anchors outside the
+image's valid area are zero boxes, as the reference's unmapped targets.
 """
 from __future__ import annotations
 
@@ -22,19 +23,18 @@ from codetr.models.aux.assigners import max_iou_assign
 from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, flatten_levels, init_conv_head,
                                     positive_normaliser, targets_to_device)
 from codetr.models.aux.box_coder import DeltaXYWHCoder
-from codetr.models.aux.positives import Positives, gather_positives
+from codetr.models.aux.positives import Candidates
 
 
 class RetinaNetHead(AuxHead):
     """RetinaNet head on the 5-level pyramid. Loss keys: loss_cls, loss_bbox."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: RetinaNetConfig | None = None, *,
-                 max_pos: int = 300, strides: Sequence[int] = PYRAMID_STRIDES) -> None:
+                 strides: Sequence[int] = PYRAMID_STRIDES) -> None:
         super().__init__()
         cfg = cfg or RetinaNetConfig()
         self.cfg = cfg
         self.num_classes = num_classes
-        self.max_pos = max_pos
         self.strides = list(strides)
         self.anchor_generator = AnchorGenerator(strides=self.strides, ratios=cfg.ratios,
                                                 octave_base_scale=cfg.octave_base_scale,
@@ -105,7 +105,7 @@ class RetinaNetHead(AuxHead):
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox}
 
     def forward_train(self, feats: list[Tensor], targets: list[dict],
-                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Positives]:
+                      image_sizes: list[tuple[int, int]]) -> tuple[dict[str, Tensor], Candidates]:
         feats = list(feats)[:len(self.strides)]
         outputs = self(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
@@ -115,7 +115,7 @@ class RetinaNetHead(AuxHead):
         gt_boxes, gt_labels = targets_to_device(targets, device)
         labels, targets_xyxy, pos_mask, label_weights = self.assign(anchors_xyxy, valid, gt_boxes, gt_labels)
         losses = self.loss(outputs, anchors_xyxy, labels, targets_xyxy, pos_mask, label_weights)
-        positives = gather_positives(pos_mask, anchors_xyxy, labels, targets_xyxy, image_sizes, self.max_pos,
-                                     feats=flatten_levels(feats, feats[0].shape[1]),
-                                     anchors_per_location=self.anchor_generator.num_base_anchors)
-        return losses, positives
+        boxes_xyxy = torch.where(valid[..., None], anchors_xyxy[None], torch.zeros_like(anchors_xyxy)[None])
+        candidates = Candidates(boxes_xyxy, labels, targets_xyxy, feats=flatten_levels(feats, feats[0].shape[1]),
+                                anchors_per_location=self.anchor_generator.num_base_anchors)
+        return losses, candidates

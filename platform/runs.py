@@ -1,0 +1,202 @@
+"""Runs whose driver is gone: list them, close them, resume them; upload a spool.
+
+    python -m platform.runs [list] [--all]               RUNNING runs whose driver process is gone
+    python -m platform.runs close RUN [RUN ...]          mark them FAILED, with a tag saying why
+    python -m platform.runs resume RUN                   print the command that continues RUN
+    python -m platform.runs upload SPOOL                 send a spool of MLflow calls (see platform.spool)
+
+RUN is an MLflow run id or a ``platform.run_name``. The tracking URI is ``--tracking-uri``, else
+``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory (as platform.train).
+
+``python -m platform.train`` tags its MLflow run with the driver's host, pid and process start
+time. A run is *orphaned* when it is RUNNING but that process no longer exists on this host
+(``kill -9``, a crashed laptop). A driver on another host cannot be checked from here: such runs
+show as ``unknown`` (``--all`` lists them).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import socket
+import sys
+
+DRIVER_HOST, DRIVER_PID, DRIVER_STARTED = "platform.driver_host", "platform.driver_pid", "platform.driver_started"
+RESUME_COMMAND, END_REASON = "platform.resume_command", "platform.end_reason"
+
+
+def driver_tags() -> dict[str, str]:
+    """Tags that let :func:`driver_state` tell later whether this process still runs."""
+    import psutil
+
+    return {DRIVER_HOST: socket.gethostname(), DRIVER_PID: str(os.getpid()),
+            DRIVER_STARTED: f"{psutil.Process().create_time():.2f}"}
+
+
+def driver_state(tags: dict[str, str]) -> str:
+    """``alive``, ``gone`` (checked on this host) or ``unknown`` (another host, or no driver tags)."""
+    import psutil
+
+    if DRIVER_PID not in tags or tags.get(DRIVER_HOST) != socket.gethostname():
+        return "unknown"
+    try:
+        process = psutil.Process(int(tags[DRIVER_PID]))
+        started = float(tags.get(DRIVER_STARTED, "nan"))
+        # a reused pid belongs to a process started later
+        return "alive" if abs(process.create_time() - started) < 1.0 else "gone"
+    except (psutil.NoSuchProcess, ValueError):
+        return "gone"
+
+
+def _client(uri: str | None):
+    from mlflow.tracking import MlflowClient
+
+    from platform.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(uri)
+    return MlflowClient(uri), uri
+
+
+def running_runs(client) -> list:
+    """RUNNING runs of every active experiment, newest first."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    return client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+def find(client, ref: str):
+    """A run by id, else the newest run tagged ``platform.run_name = ref``."""
+    from mlflow.exceptions import MlflowException
+
+    from platform.tracking import RUN_NAME_TAG
+
+    try:
+        return client.get_run(ref)
+    except MlflowException:
+        pass
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.`{RUN_NAME_TAG}` = '{ref}'",
+                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+    if not runs:
+        raise SystemExit(f"no MLflow run with id or platform.run_name {ref!r}")
+    return runs[0]
+
+
+def latest_checkpoint_of(run) -> str | None:
+    from platform.checkpoints import latest_checkpoint
+    from platform.tracking import RUN_NAME_TAG
+
+    storage, name = run.data.params.get("platform.storage_path"), run.data.tags.get(RUN_NAME_TAG)
+    return latest_checkpoint(storage, name) if storage and name else None
+
+
+def resume_line(run) -> str:
+    command = run.data.tags.get(RESUME_COMMAND)
+    if not command:
+        return "(no resume command recorded: not started by python -m platform.train)"
+    if latest_checkpoint_of(run) is None:
+        return f"{command}    # no checkpoint yet: this starts the run over"
+    return command
+
+
+def close(client, run, reason: str | None = None) -> None:
+    """Mark ``run`` FAILED with a tag saying why."""
+    tags = run.data.tags
+    why = reason or (f"driver gone: pid {tags.get(DRIVER_PID, '?')} on {tags.get(DRIVER_HOST, '?')} no longer runs")
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    client.set_tag(run.info.run_id, END_REASON, f"{why} (closed by python -m platform.runs close at {stamp})")
+    client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def _cmd_list(client, args) -> int:
+    from platform.tracking import RUN_NAME_TAG
+
+    shown = 0
+    for run in running_runs(client):
+        state = driver_state(run.data.tags)
+        if state == "alive" or (state == "unknown" and not args.all):
+            continue
+        shown += 1
+        tags = run.data.tags
+        started = datetime.datetime.fromtimestamp(run.info.start_time / 1000).isoformat(sep=" ", timespec="seconds")
+        print(f"{tags.get(RUN_NAME_TAG, run.info.run_name)}  run {run.info.run_id}  experiment {run.info.experiment_id}"
+              f"  started {started}")
+        print(f"    driver: {state} (pid {tags.get(DRIVER_PID, '?')} on {tags.get(DRIVER_HOST, '?')})")
+        print(f"    latest checkpoint: {latest_checkpoint_of(run) or 'none'}")
+        print(f"    resume: {resume_line(run)}")
+        print(f"    close:  python -m platform.runs close {run.info.run_id}")
+    if not shown:
+        print("no RUNNING run whose driver is gone" + ("" if args.all else " (--all: also drivers on other hosts)"))
+    return 0
+
+
+def _cmd_close(client, args) -> int:
+    code = 0
+    for ref in args.runs:
+        run = find(client, ref)
+        state = driver_state(run.data.tags)
+        if run.info.status != "RUNNING":
+            print(f"{ref}: already {run.info.status}, left as it is")
+            continue
+        if state == "alive" and not args.force:
+            print(f"{ref}: its driver (pid {run.data.tags[DRIVER_PID]}) still runs; stop it, or --force",
+                  file=sys.stderr)
+            code = 1
+            continue
+        close(client, run, args.reason)
+        print(f"{ref}: FAILED ({client.get_run(run.info.run_id).data.tags[END_REASON]})")
+    return code
+
+
+def _cmd_resume(client, args) -> int:
+    print(resume_line(find(client, args.run)))
+    return 0
+
+
+def _cmd_upload(client, args) -> int:
+    from pathlib import Path
+
+    from platform.spool import Spool
+
+    spool = Spool(args.spool)
+    if not Path(args.spool).is_dir():
+        print(f"no spool at {args.spool}", file=sys.stderr)
+        return 2
+    pending = spool.pending()
+    count = spool.replay(client)
+    print(f"uploaded {count} of {pending} pending call(s) from {args.spool}; {spool.pending()} left")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m platform.runs", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    # also after the sub-command (upload SPOOL --tracking-uri URI); SUPPRESS keeps a value given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tracking-uri", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command")
+    listing = sub.add_parser("list", help="RUNNING runs whose driver is gone", parents=[common])
+    listing.add_argument("--all", action="store_true", help="also runs whose driver cannot be checked from here")
+    closing = sub.add_parser("close", help="mark runs FAILED with a tag saying why", parents=[common])
+    closing.add_argument("runs", nargs="+", metavar="RUN")
+    closing.add_argument("--reason", help="the reason recorded (default: the driver is gone)")
+    closing.add_argument("--force", action="store_true", help="close even when the driver still runs")
+    resuming = sub.add_parser("resume", help="print the command that continues a run", parents=[common])
+    resuming.add_argument("run", metavar="RUN")
+    uploading = sub.add_parser("upload", help="send a spool of MLflow calls to the tracking store",
+                               parents=[common])
+    uploading.add_argument("spool", metavar="SPOOL")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args.command, args.all = "list", False
+    client, _ = _client(args.tracking_uri)
+    return {"list": _cmd_list, "close": _cmd_close, "resume": _cmd_resume, "upload": _cmd_upload}[args.command](
+        client, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

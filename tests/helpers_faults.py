@@ -1,0 +1,104 @@
+"""Running ``python -m platform.train`` under fault injection: its output as it comes, its Ray worker processes."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+# 16 images of 96 px, 2 workers x 2 images: 4 iterations per epoch, a checkpoint after each epoch,
+# every iteration logged, one evaluation at the end (4 images)
+TINY = ["data.augment.scales=[96]", "data.augment.max_size=96", "data.augment.crop_prob=0",
+        "data.augment.eval_scale=96", "data.augment.eval_max_size=96", "data.synthetic.num_train=16",
+        "data.synthetic.num_val=4", "data.batch_size=2", "train.log_every=1", "train.eval_every=0",
+        "train.warmup_iters=4", "platform.num_val_images=1", "platform.log_checkpoints=true"]
+
+
+def train_args(workdir: Path, run_name: str, *more: str) -> list[str]:
+    return [sys.executable, "-m", "platform.train", *TINY, f"data.synthetic.root={workdir}/data",
+            f"platform.storage_path={workdir}/runs", f"platform.run_name={run_name}", *more]
+
+
+class Driver:
+    """A driver process whose output lines are collected by a thread; :meth:`wait_for` a line."""
+
+    def __init__(self, args: list[str], env: dict):
+        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 300, start: int = 0) -> int:
+        """Index of the first line from ``start`` on that matches ``pattern`` (a regex)."""
+        deadline = time.time() + timeout
+        regex = re.compile(pattern)
+        checked = start
+        while time.time() < deadline:
+            while checked < len(self.lines):
+                if regex.search(self.lines[checked]):
+                    return checked
+                checked += 1
+            if self.proc.poll() is not None and checked >= len(self.lines):
+                self._reader.join(timeout=5)
+                if checked >= len(self.lines):
+                    break
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} (exit {self.proc.poll()}):\n{self.output[-6000:]}")
+
+    def finish(self, timeout: float = 600) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        """``kill -9`` of the driver process only (its Ray cluster lives on)."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=10)
+
+
+def worker_pid(driver: Driver, rank: int, start: int = 0) -> int:
+    """The pid of ``rank`` in the latest worker group the driver's output announced after line ``start``
+    (Ray Train prints ``- (ip=..., pid=N) world_rank=R, ...`` when a group starts)."""
+    pids = [int(m.group(1)) for line in driver.lines[start:]
+            for m in [re.search(rf"pid=(\d+)\) world_rank={rank},", line)] if m]
+    assert pids, f"no worker group announced after line {start}:\n{driver.output[-3000:]}"
+    return pids[-1]
+
+
+def ray_processes(kind: str) -> list[psutil.Process]:
+    """This test process's Ray processes of one kind (``RayTrainWorker``, ``TrainController``): descendants
+    only, never another session's."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(p.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if title.startswith(f"ray::{kind}"):
+            found.append(p)
+    return found
+
+
+def wait_until_gone(kind: str, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while ray_processes(kind) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes(kind), f"{kind} processes still alive after {timeout} s"
