@@ -40,6 +40,7 @@ def logged(tmp_path_factory):
         "model": model.state_dict(), "config": to_dict(cfg), "num_classes": val.num_classes,
         "category_names": val.category_names, "epoch": 2, "iteration": 4, "metrics": {"coco/AP": 0.25}})
     uri = f"sqlite:///{root}/mlflow.db"
+    MlflowClient(uri).create_experiment("models", artifact_location=str(root / "artifacts"))   # not ./mlruns
     run_id, _ = tracking.start_run(uri, "models", "trained")
     tracking.log_params(uri, run_id, {"model.lambda1": 1.0, "derived.K": 2})
     logger = tracking.RunLogger(uri, run_id)

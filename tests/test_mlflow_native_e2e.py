@@ -53,6 +53,9 @@ def _train(workdir: Path, run_name: str, *more: str) -> subprocess.CompletedProc
 def run(tmp_path_factory):
     """4 iterations on 2 CPU workers, system metrics every second, the model registered."""
     workdir = tmp_path_factory.mktemp("native")
+    # the run's artifacts (checkpoints, the model) under the test's folder, not ./mlruns of the repository
+    MlflowClient(f"sqlite:///{workdir}/mlflow.db").create_experiment("codetr_tiny",
+                                                                      artifact_location=str(workdir / "artifacts"))
     proc = _train(workdir, "native", "train.max_iters=4", "platform.system_metrics_interval=1",
                   "--register", REGISTERED)
     assert proc.returncode == 0, f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
