@@ -86,10 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         if run_id is None:
             experiment = state["config"]["platform"]["experiment_name"]
             run_name = f"eval-{state['config']['platform'].get('run_name') or 'checkpoint'}-it{iteration}"
-            run_id, _ = tracking.start_run(uri, experiment, run_name, {"platform.checkpoint": str(args.checkpoint),
-                                                                       "platform.source_run_id":
-                                                                       str(state.get("mlflow_run_id"))},
-                                           resume=False)
+            from platform.run_source import source_tags
+
+            tags = {**source_tags("platform.evaluate", sys.argv[1:] if argv is None else list(argv), args.config),
+                    "mlflow.runName": run_name, "platform.checkpoint": str(args.checkpoint),
+                    "platform.source_run_id": str(state.get("mlflow_run_id"))}
+            run_id, _ = tracking.start_run(uri, experiment, run_name, tags, resume=False)
         tracking.RunLogger(uri, run_id).log_metrics(metrics, step=iteration)
         if args.run_id is None:
             tracking.end_run(uri, run_id, "FINISHED")

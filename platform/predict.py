@@ -33,24 +33,15 @@ def predict_images(checkpoint: str, images: list[str], score_threshold: float = 
     """Yield ``(path, image uint8 [3, H, W], detections dict in file pixels, category names)`` per image."""
     import torch
 
-    from codetr.data import build_eval_transforms, read_image_rgb
-    from platform.runtime import model_from_checkpoint
+    from codetr.data import read_image_rgb
+    from codetr.inference import Predictor
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model, cfg, state = model_from_checkpoint(checkpoint)
-    model = model.for_inference().to(device)
-    names = list(state.get("category_names") or [])
-    transform = build_eval_transforms(cfg.data.augment)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device)   # the deployable model, eval resize
     for path in images:
         raw = read_image_rgb(path)                       # [3, H, W] uint8
-        resized = transform(raw)                         # [3, h, w] float in [0, 1]
-        with torch.no_grad():
-            det = model([resized.to(device)])[0]
-        scale = torch.tensor([raw.shape[2] / resized.shape[2], raw.shape[1] / resized.shape[1]] * 2)
-        keep = det["scores"].cpu() >= score_threshold
-        out = {"boxes": det["boxes"].cpu()[keep] * scale, "scores": det["scores"].cpu()[keep],
-               "labels": det["labels"].cpu()[keep]}
-        yield path, raw, out, names
+        det = predictor.detect(raw, score_threshold)
+        yield path, raw, {k: det[k] for k in ("boxes", "scores", "labels")}, predictor.category_names
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,27 +121,33 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     """
     import ray
 
+    from platform import console
+
     if ray.is_initialized():
         return "Ray already initialised"
+    console.configure_driver()
     address = os.environ.get("RAY_ADDRESS")
     # joining a cluster: every process of the job gets its address (Ray Train's PlacementGroupCleaner
     # otherwise looks the cluster up by scanning the machine and can find another one there)
-    env = runtime_env({**({"RAY_ADDRESS": address} if address else {}), **(extra_env or {})})
+    env = runtime_env({**({"RAY_ADDRESS": address} if address else {}), **console.ray_env_vars(),
+                       **(extra_env or {})})
+    quiet = console.ray_init_options()   # Ray's INFO chatter hidden unless --verbose (platform.console)
     job_env = _job_runtime_env()
     if address and job_env.get("working_dir"):
         # under `ray job submit --working-dir`: the job already ships the repository, and Ray refuses
         # a second working_dir from ray.init ("Failed to merge the Job's runtime env"): add env vars only
         job_vars = job_env.get("env_vars") or {}
         env_vars = {k: v for k, v in env["env_vars"].items() if k not in job_vars}
-        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True, **quiet)
         return f"joined the Ray cluster at {address} as a Ray job (code from the job's working_dir)"
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address, runtime_env=env, log_to_driver=True, **quiet)
         return f"joined the Ray cluster at {address}"
     # A new local cluster (address="local": never attach to one some `ray start` left running here),
     # with enough logical CPUs for the requested workers even on a small machine
     need = cfg.platform.num_workers * cfg.platform.cpus_per_worker
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True,
+             **quiet)
     where = "127.0.0.1 only" if ray.util.get_node_ip_address() == "127.0.0.1" else ray.util.get_node_ip_address()
     return f"started a local Ray cluster ({max(os.cpu_count() or 1, need)} CPUs, listening on {where})"
 
@@ -157,6 +163,7 @@ def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from platform.console import train_logging_config
     from platform.failures import WORKER_GROUP_START_TIMEOUT_ENV
     from platform.worker import train_loop_per_worker
 
@@ -175,6 +182,7 @@ def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list
                                      controller_failure_limit=-1 if queue_for_capacity else 0),
         checkpoint_config=CheckpointConfig(num_to_keep=p.num_to_keep),
         callbacks=callbacks,
+        logging_config=train_logging_config(),
     )
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
                         run_config=run_config, torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"))

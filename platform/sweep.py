@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(train.max_iters=10)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     parser.add_argument("--dry-run", action="store_true", help="validate the sweep file and print the plan")
+    from platform.train import add_model_arguments
+
+    add_model_arguments(parser)   # --register NAME: the best trial's model; --verbose
     return parser.parse_intermixed_args(argv)
 
 
@@ -135,12 +139,16 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     tracking_uri = context["tracking_uri"]
 
     run_id, resumed = open_child_run(tracking_uri, context["experiment_name"], context["parent_run_id"], trial_id,
-                                     run_name, trial_label(values), values, context["sweep_name"])
+                                     run_name, trial_label(values), values, context["sweep_name"],
+                                     extra_tags={**context.get("source_tags", {}), "mlflow.runName": trial_label(values)})
     cfg_dict = to_dict(cfg)
     params = flatten(cfg_dict)
     params.update(derived_params(cfg, world_size=cfg.platform.num_workers, num_classes=context["num_classes"],
                                  train_images=context["train_images"]))
     tracking.log_params(tracking_uri, run_id, params)
+    from platform.datasets_tracking import log_datasets
+
+    log_datasets(tracking_uri, run_id, context.get("datasets", []))
     if not resumed:
         tracking.RunLogger(tracking_uri, run_id).log_text(yaml.safe_dump(cfg_dict, sort_keys=False), "config.yaml")
     print(f"[sweep] trial {trial_label(values)}: MLflow run {run_id} ({'resumed' if resumed else 'new'})", flush=True)
@@ -181,11 +189,15 @@ def _exit_when_stopped(fitted: threading.Event) -> None:
 
 
 def make_trial_context(spec, base_dict: dict, *, tracking_uri: str, parent_run_id: str, num_classes: int | None,
-                       train_images: int | None) -> dict[str, Any]:
+                       train_images: int | None, source_tags: dict[str, str] | None = None,
+                       datasets: list | None = None) -> dict[str, Any]:
+    """What every trial needs from the driver (``source_tags``: where the sweep came from, computed here
+    because trials run in Ray's copy of the repository; ``datasets``: the MLflow dataset descriptions)."""
     return {"base": base_dict, "keys": spec.keys, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
             "experiment_name": spec.experiment_name, "sweep_name": spec.name,
             "train_storage": f"{spec.storage_path.rstrip('/')}/{spec.name}/{TRAIN_RUNS_DIR}",
-            "num_classes": num_classes, "train_images": train_images}
+            "num_classes": num_classes, "train_images": train_images, "source_tags": dict(source_tags or {}),
+            "datasets": list(datasets or [])}
 
 
 # ------------------------------------------------------------------------------------------ Tune
@@ -252,8 +264,11 @@ def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
     if resume:
         return tune.Tuner.restore(path, trainable=trainable(context), param_space=param_space(spec),
                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+    from platform.console import is_verbose
+
+    # Tune's trial tables are the sweep's progress display: its default level, every result with --verbose
     run_config = tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=callbacks,
-                                failure_config=tune.FailureConfig(max_failures=0))
+                                failure_config=tune.FailureConfig(max_failures=0), verbose=2 if is_verbose() else 1)
     return tune.Tuner(trainable(context), param_space=param_space(spec), tune_config=build_tune_config(spec),
                       run_config=run_config)
 
@@ -274,19 +289,29 @@ def describe(spec) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from platform import console
     from platform.runtime import keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback()   # before anything imports ray: a local cluster listens on 127.0.0.1 only
+    console.set_verbose(args.verbose)
+    console.configure_driver()
     import yaml
 
     from codetr.config import ConfigError, flatten, to_dict
     from platform import tracking
+    from platform.datasets_tracking import log_datasets
+    from platform.mlflow_model import check_registered_name
+    from platform.run_source import source_tags
     from platform.sweep_spec import parse_sweep
 
     try:
         spec = parse_sweep(args.sweep_file, args.overrides)
         base_cfg = spec.base_config()
-    except ConfigError as e:
+        if args.register is not None:
+            check_registered_name(args.register)
+            if not base_cfg.platform.log_model:
+                raise ConfigError("--register needs platform.log_model=true (the model to register)")
+    except (ConfigError, ValueError) as e:
         print(f"sweep config error: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(f"[sweep] {describe(spec)}", flush=True)
@@ -312,12 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     from platform.train import _prepare_data
 
     start = time.time()
-    num_classes, train_images = _prepare_data(base_cfg)
+    num_classes, train_images, datasets = _prepare_data(base_cfg)
     tracking_uri = tracking.resolve_tracking_uri()
+    origin = source_tags("platform.sweep", sys.argv[1:] if argv is None else list(argv), config_file=args.sweep_file)
     parent_run_id, resumed = tracking.start_run(
         tracking_uri, spec.experiment_name, spec.name,
-        {"sweep.file": spec.source, "sweep.name": spec.name, "platform.command": " ".join(sys.argv),
+        {**origin, "mlflow.runName": spec.name, "sweep.file": spec.source, "sweep.name": spec.name,
          "sweep.keys": ",".join(spec.keys)}, resume=args.resume)
+    log_datasets(tracking_uri, parent_run_id, datasets)
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -344,12 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri, experiment_id, parent_run_id,
         spec.scheduler["max_epochs"] if spec.scheduler["type"] == "asha" else None)
     context = make_trial_context(spec, to_dict(base_cfg), tracking_uri=tracking_uri, parent_run_id=parent_run_id,
-                                 num_classes=num_classes, train_images=train_images)
+                                 num_classes=num_classes, train_images=train_images, source_tags=origin,
+                                 datasets=datasets)
     import ray
 
     from platform.runtime import init_ray
 
-    status, code, tune_results = "FAILED", EXIT_FAILED, {}
+    status, code, tune_results, model = "FAILED", EXIT_FAILED, {}, None
     try:
         print(f"[sweep] {init_ray(base_cfg, TRIAL_ENV)}", flush=True)
         callbacks = [status_callback, release_callback]
@@ -382,6 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             status_callback.close_leftovers()
             markdown = _summarize(spec, tracking_uri, experiment_id, parent_run_id, context["base"], tune_results)
+            if status == "FINISHED" and base_cfg.platform.log_model:
+                try:
+                    model = _log_best_model(tracking_uri, parent_run_id, context, tune_results, args.register)
+                except Exception as e:   # the sweep's results stand, but it did not deliver its model
+                    traceback.print_exc()
+                    print(f"[sweep] logging the best trial's model failed: {type(e).__name__}: {e}",
+                          file=sys.stderr, flush=True)
+                    status, code = "FAILED", EXIT_FAILED
         finally:
             tracking.end_run(tracking_uri, parent_run_id, status)
             if ray.is_initialized():
@@ -391,8 +427,53 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown or "(no trial results)")
     print(f"MLflow parent run {parent_run_id} (experiment {spec.experiment_name}); "
           f"open the UI: {tracking.ui_command(tracking_uri)}")
+    print(f"  the sweep: {tracking.ui_url(tracking_uri, experiment_id, parent_run_id)}")
+    if model is not None:
+        from platform.mlflow_model import serve_command
+
+        print(f"Best trial's MLflow model: {model.model_uri}"
+              + (f"  registered as {model.registered_uri}" if model.registered_uri else ""))
+        print(f"Serve it: {serve_command(tracking_uri, model.registered_uri or model.model_uri)}")
     print("=" * 72, flush=True)
     return code
+
+
+def best_trial_checkpoint(child_tags: dict[str, str], context: dict[str, Any],
+                          tune_results: dict[str, list[dict]]) -> str | None:
+    """The latest checkpoint of a trial: the last one its Train run reported to Tune, else the newest
+    ``checkpoint_*`` folder of its Ray Train run in local storage (None when there is none)."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+    from platform.sweep_tracking import TRIAL_ID_TAG
+    from platform.tracking import RUN_NAME_TAG
+
+    reported = [r[CHECKPOINT_PATH_KEY] for r in tune_results.get(child_tags.get(TRIAL_ID_TAG, ""), [])
+                if isinstance(r.get(CHECKPOINT_PATH_KEY), str)]
+    if reported:
+        return reported[-1]
+    folder = Path(context["train_storage"]) / child_tags.get(RUN_NAME_TAG, "")
+    found = sorted(d for d in folder.glob("checkpoint_*") if d.is_dir()) if folder.is_dir() else []
+    return str(found[-1]) if found else None
+
+
+def _log_best_model(tracking_uri: str, parent_run_id: str, context: dict[str, Any],
+                    tune_results: dict[str, list[dict]], register: str | None):
+    """Log (and register) the deployable model of the best trial (the parent's ``sweep.best_run_id``):
+    the best child run is its source, the parent records it as an output too."""
+    from mlflow.tracking import MlflowClient
+    from ray.train import Checkpoint
+
+    from platform.train import _log_model
+
+    client = MlflowClient(tracking_uri)
+    best_run_id = client.get_run(parent_run_id).data.tags.get("sweep.best_run_id")
+    if not best_run_id:
+        print("[sweep] no trial has a result: no model to log", flush=True)
+        return None
+    path = best_trial_checkpoint(client.get_run(best_run_id).data.tags, context, tune_results)
+    if path is None:
+        raise FileNotFoundError(f"the best trial (MLflow run {best_run_id}) left no checkpoint")
+    return _log_model(tracking_uri, best_run_id, Checkpoint(path), register, context["datasets"],
+                      output_run_ids=(parent_run_id,), label="[sweep]")
 
 
 def _tune_results(grid) -> dict[str, list[dict]]:

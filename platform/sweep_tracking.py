@@ -51,8 +51,11 @@ def children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> li
 
 
 def open_child_run(tracking_uri: str, experiment_name: str, parent_run_id: str, trial_id: str, run_name: str,
-                   label: str, values: dict[str, Any], sweep_name: str) -> tuple[str, bool]:
-    """Create the child run of a trial, or reopen it (a resumed sweep). Returns ``(run_id, resumed)``."""
+                   label: str, values: dict[str, Any], sweep_name: str,
+                   extra_tags: dict[str, str] | None = None) -> tuple[str, bool]:
+    """Create the child run of a trial, or reopen it (a resumed sweep). Returns ``(run_id, resumed)``.
+
+    ``extra_tags`` (e.g. the sweep's source tags, :mod:`platform.run_source`) go on the run either way."""
     from platform.tracking import RUN_NAME_TAG, get_or_create_experiment
 
     client = MlflowClient(tracking_uri)
@@ -61,9 +64,11 @@ def open_child_run(tracking_uri: str, experiment_name: str, parent_run_id: str, 
     if run_id is not None:
         client.update_run(run_id, status=RUNNING)
         client.set_tag(run_id, END_TAG, "running")
+        for key, value in (extra_tags or {}).items():
+            client.set_tag(run_id, key, value)
         return run_id, True
-    tags = {PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, SWEEP_TAG: sweep_name, RUN_NAME_TAG: run_name,
-            VALUES_TAG: json.dumps(values), END_TAG: "running"}
+    tags = {**(extra_tags or {}), PARENT_TAG: parent_run_id, TRIAL_ID_TAG: trial_id, SWEEP_TAG: sweep_name,
+            RUN_NAME_TAG: run_name, VALUES_TAG: json.dumps(values), END_TAG: "running"}
     run = client.create_run(experiment_id, run_name=label, tags=tags)
     return run.info.run_id, False
 

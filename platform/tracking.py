@@ -21,6 +21,8 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 RUN_NAME_TAG = "platform.run_name"
+# MLflow's experiment type: a model-training experiment, not a GenAI one (see ui_url for MLflow 3.17's UI)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_VALUE = 6000
@@ -46,19 +48,31 @@ def ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The UI page of an experiment (or run) on its training-runs view.
+
+    MLflow 3.17's UI keeps a GenAI / Model training switch per browser (default GenAI) that decides the
+    view over the experiment's kind tag; the ``workflowType`` parameter of the link selects it."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{page}?workflowType=machine_learning"
+
+
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """Id of experiment ``name`` (created, or restored when deleted), tagged as a model-training experiment."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:   # created concurrently by another process
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            experiment = client.get_experiment(client.create_experiment(name))
+        except Exception:   # created concurrently by another process
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def find_run(client: MlflowClient, experiment_id: str, run_name: str) -> str | None:

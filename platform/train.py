@@ -32,8 +32,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     add_config_arguments(parser)
     parser.add_argument("--resume", metavar="PATH", help="start from this checkpoint (folder or checkpoint.pt)")
-    parser.add_argument("--verbose", action="store_true", help="print full tracebacks of errors")
+    add_model_arguments(parser)
     return parser.parse_args(argv)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--register NAME`` and ``--verbose`` (shared with ``platform.sweep``)."""
+    parser.add_argument("--register", metavar="NAME",
+                        help="register the run's deployable MLflow model in the Model Registry under NAME")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print full tracebacks of errors, and Ray's and MLflow's INFO lines (hidden by "
+                             "default: platform/console.py)")
 
 
 def derived_params(cfg, *, world_size: int, num_classes: int | None, train_images: int | None) -> dict:
@@ -57,21 +66,23 @@ def derived_params(cfg, *, world_size: int, num_classes: int | None, train_image
 
 def _prepare_data(cfg):
     """Build the training set once on the driver: generates the synthetic set (before workers race
-    for it) and gives num_classes. Returns ``(num_classes, train_images)``; (None, None) when the
+    for it) and gives num_classes. Returns ``(num_classes, train_images, datasets)`` (``datasets``:
+    the MLflow dataset descriptions of both splits); (num_classes of the config, None, []) when the
     data is not readable here (e.g. it lives only on the worker nodes)."""
     from codetr.data import build_dataset
     from codetr.errors import CodetrError
+    from platform.datasets_tracking import describe
 
     try:
         ds = build_dataset(cfg, "train")
-        build_dataset(cfg, "val")
+        val_ds = build_dataset(cfg, "val")
     except CodetrError:   # a readable but bad annotation file, images missing with on_bad_image=error
         raise
     except (FileNotFoundError, OSError) as e:
         print(f"[platform] note: the dataset is not readable on the driver ({e}); the workers will load it",
               flush=True)
-        return cfg.model.num_classes, None
-    return ds.num_classes, len(ds)
+        return cfg.model.num_classes, None, []
+    return ds.num_classes, len(ds), [describe(cfg, "train", ds), describe(cfg, "val", val_ds)]
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -113,16 +124,17 @@ def resume_command(argv: list[str], run_name: str) -> str:
 
 def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, elapsed: float,
                   checkpoint_path: str | None, argv: list[str] | None = None, *, error: str | None = None,
-                  traceback_file: str | None = None, spool: str | None = None) -> None:
+                  traceback_file: str | None = None, spool: str | None = None, model=None) -> None:
     """The lines a person reads at the end: outcome, metrics, checkpoint, how to continue, where to look.
 
     A resume command is offered only when there is a checkpoint to resume from; a spool that still
-    holds MLflow calls (the tracking server was unreachable) is named with the command that uploads it.
+    holds MLflow calls (the tracking server was unreachable) is named with the command that uploads it;
+    ``model``: the run's MLflow model (:class:`platform.mlflow_model.LoggedDetector`), with how to serve it.
     """
     from mlflow.tracking import MlflowClient
 
     from platform.spool import upload_command
-    from platform.tracking import ui_command
+    from platform.tracking import ui_command, ui_url
 
     metrics = {}
     experiment_id = None
@@ -154,9 +166,16 @@ def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, el
         print(f"MLflow was unreachable: its calls wait in the spool {spool}")
         print(f"Upload them once the server is back: {upload_command(spool, tracking_uri)}")
     print(f"MLflow run id: {run_id}  (experiment {experiment_id}, tracking URI {tracking_uri})")
+    if model is not None:
+        from platform.mlflow_model import serve_command
+
+        print(f"MLflow model:  {model.model_uri}" + (f"  registered as {model.registered_uri}"
+                                                      if model.registered_uri else ""))
+        print(f"Serve it:      {serve_command(tracking_uri, model.registered_uri or model.model_uri)}")
     print(f"Open the UI:   {ui_command(tracking_uri)}")
-    if experiment_id is not None and not tracking_uri.startswith("http"):
-        print(f"  then browse http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
+    if experiment_id is not None:
+        print(f"  {'then browse' if not tracking_uri.startswith('http') else 'the run:'} "
+              f"{ui_url(tracking_uri, experiment_id, run_id)}")
     print("=" * 72, flush=True)
 
 
@@ -167,18 +186,24 @@ DRIVER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from platform import console
     from platform.runtime import keep_local_ray_on_loopback
 
     keep_local_ray_on_loopback()
     for key, value in DRIVER_HTTP_ENV.items():
         os.environ.setdefault(key, value)
+    console.set_verbose(args.verbose)
+    console.configure_driver()
     import yaml
 
     from codetr.config import ConfigError, flatten, to_dict
     from codetr.errors import CodetrError
     from platform import tracking
     from platform.checkpoints import latest_checkpoint
+    from platform.datasets_tracking import log_datasets
     from platform.failures import describe_failure, first_line, write_traceback
+    from platform.mlflow_model import check_registered_name
+    from platform.run_source import source_tags
     from platform.runs import RESUME_COMMAND, driver_tags
     from platform.runtime import build_trainer, check_run_name, default_run_name, init_ray, load_run_config
     from platform.spool import Spool, spool_dir
@@ -192,6 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if args.register is not None:
+        try:
+            check_registered_name(args.register)
+        except ValueError as e:
+            print(str(e), file=sys.stderr)
+            return EXIT_USAGE
+        if not cfg.platform.log_model:
+            print("--register needs platform.log_model=true (the model to register)", file=sys.stderr)
+            return EXIT_USAGE
     resume_from = str(Path(args.resume).resolve()) if args.resume else None
     if resume_from and not Path(resume_from).exists():
         print(f"--resume: no checkpoint at {resume_from}", file=sys.stderr)
@@ -202,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[platform] run {run_name}: config {args.config}, {cfg.platform.num_workers} worker(s), "
           f"{'GPU' if cfg.platform.use_gpu else 'CPU'}, storage {cfg.platform.storage_path}", flush=True)
     try:
-        num_classes, train_images = _prepare_data(cfg)
+        num_classes, train_images, datasets = _prepare_data(cfg)
     except CodetrError as e:   # a bad annotation file, config / data mismatch: one line, before any run exists
         if args.verbose:
             traceback.print_exc()
@@ -213,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("RAY_ADDRESS") and not tracking_uri.startswith(("http://", "https://", "databricks")):
         print(f"[platform] note: MLflow logs to {tracking_uri}; workers on other nodes need a tracking server "
               "(MLFLOW_TRACKING_URI=http://HOST:5000)", flush=True)
-    tags = {"platform.config_file": str(args.config), "platform.command": " ".join(sys.argv),
+    tags = {**source_tags("platform.train", list(argv), config_file=args.config), "mlflow.runName": run_name,
             RESUME_COMMAND: resume_command(argv, run_name), **driver_tags()}
     if resume_from:
         tags["platform.resumed_from"] = resume_from
@@ -230,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[platform] cannot start the MLflow run at {tracking_uri}: {first_line(e)}", file=sys.stderr)
         return EXIT_FAILED
     # from here on the MLflow run exists: every way out ends it FINISHED, FAILED or KILLED
-    status, code, checkpoint_path = "FAILED", EXIT_FAILED, None
+    status, code, checkpoint_path, model = "FAILED", EXIT_FAILED, None, None
     error_line = traceback_file = None
     checkpoint_before = latest_checkpoint(cfg.platform.storage_path, run_name)
     folder = spool_dir(cfg.platform.storage_path, run_name, run_id)
@@ -244,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                                      train_images=train_images))
         tracking.log_params(tracking_uri, run_id, params)
         tracking.RunLogger(tracking_uri, run_id).log_text(yaml.safe_dump(cfg_dict, sort_keys=False), "config.yaml")
+        log_datasets(tracking_uri, run_id, datasets)
         print(f"[platform] MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {tracking_uri}", flush=True)
         print(f"[platform] {init_ray(cfg)}", flush=True)
         loop_config = make_loop_config(cfg_dict, tracking_uri=tracking_uri, mlflow_run_id=run_id,
@@ -251,6 +286,18 @@ def main(argv: list[str] | None = None) -> int:
         result = fit_interruptibly(build_trainer(cfg, loop_config, run_name))
         checkpoint_path = result.checkpoint.path if result.checkpoint else None
         status, code = "FINISHED", EXIT_OK
+        if cfg.platform.log_model and result.checkpoint is not None:
+            try:
+                model = _log_model(tracking_uri, run_id, result.checkpoint, args.register, datasets)
+            except Exception as e:   # the training result stands, but the run did not deliver its model
+                if args.verbose:
+                    traceback.print_exc()
+                error_line = f"logging the model failed: {type(e).__name__}: {first_line(e)}"
+                if "://" not in cfg.platform.storage_path:
+                    path = write_traceback(e, Path(cfg.platform.storage_path) / run_name)
+                    traceback_file = str(path) if path else None
+                print(f"[platform] {error_line}", file=sys.stderr, flush=True)
+                status, code = "FAILED", EXIT_FAILED
     except KeyboardInterrupt:
         status, code = "KILLED", EXIT_KILLED
         print("\n[platform] interrupted: stopping the workers, the MLflow run ends KILLED", flush=True)
@@ -278,8 +325,24 @@ def main(argv: list[str] | None = None) -> int:
                 ray.shutdown()
     pending = Spool(folder).pending()
     print_summary(status, run_name, tracking_uri, run_id, time.time() - start, checkpoint_path, argv,
-                  error=error_line, traceback_file=traceback_file, spool=str(folder) if pending else None)
+                  error=error_line, traceback_file=traceback_file, spool=str(folder) if pending else None,
+                  model=model)
     return code
+
+
+def _log_model(tracking_uri: str, run_id: str, checkpoint, register: str | None, datasets: list, *,
+               output_run_ids: tuple[str, ...] = (), label: str = "[platform]"):
+    """Log (and register) the deployable model of a Ray Train checkpoint; prints what it did."""
+    from platform.mlflow_model import log_deployable_model
+
+    val = next((d for d in datasets if d.split == "val"), None)
+    print(f"{label} logging the deployable model of {checkpoint.path} to MLflow", flush=True)
+    with checkpoint.as_directory() as folder:
+        model = log_deployable_model(tracking_uri, run_id, folder, register=register, val_dataset=val,
+                                     checkpoint_uri=checkpoint.path, output_run_ids=output_run_ids)
+    print(f"{label} MLflow model {model.model_uri}"
+          + (f", registered as {model.registered_uri}" if model.registered_uri else ""), flush=True)
+    return model
 
 
 def _end_mlflow_run(tracking_uri: str, run_id: str, status: str, spool_folder, restore, error_line) -> None:

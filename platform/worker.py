@@ -235,9 +235,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optimizer, restore_rng_state,
                                seed_everything)
     from codetr.engine.dist import all_gather_objects
-    from platform import tracking
+    from platform import console, tracking
     from platform.spool import WORKER_HTTP_ENV, SpoolingRunLogger, spool_dir
 
+    console.configure_worker()   # Ray Train's per-report lines hidden unless --verbose
     cfg = config_from_dict(config["config"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
@@ -258,7 +259,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger = SpoolingRunLogger(tracking_uri, run_id, spool_dir(cfg.platform.storage_path, run_name, run_id),
                                    resumed=True)
 
-    status, reporter = "FAILED", None
+    status, reporter, monitor = "FAILED", None, None
     try:
         train_ds = build_dataset(cfg, "train")
         val_ds = build_dataset(cfg, "val")
@@ -310,6 +311,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         num_nodes = len(set(all_gather_objects(ray.get_runtime_context().get_node_id())))
         if logger is not None:
             logger.log_params({"derived.num_nodes": num_nodes})
+        from platform.system_metrics import start_monitor
+
+        monitor = start_monitor(tracking_uri, run_id, cfg.platform.system_metrics_interval,
+                                local_rank=context.get_local_rank(), node_rank=context.get_node_rank(),
+                                num_nodes=num_nodes)
 
         reporter = _Reporter(cfg, logger, rank, list(train_ds.category_names), run_name)
         loop = TrainLoop(
@@ -342,6 +348,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         status = "KILLED"
         raise
     finally:
+        if monitor is not None:
+            from platform.system_metrics import stop_monitor
+
+            stop_monitor(monitor)
         if reporter is not None:
             shutil.rmtree(reporter.scratch, ignore_errors=True)
         if owns_run and logger is not None:

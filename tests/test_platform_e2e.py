@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow
 SMALL = ["data.augment.scales=[128]", "data.augment.max_size=128", "data.augment.crop_prob=0",
          "data.augment.eval_scale=128", "data.augment.eval_max_size=128",
          "data.synthetic.num_train=32", "data.synthetic.num_val=8", "data.batch_size=4",
-         "train.log_every=2", "platform.num_val_images=2"]
+         "train.log_every=2", "platform.num_val_images=2",
+         "platform.log_model=false"]   # the MLflow model of a run: tests/test_mlflow_native_e2e.py
 
 
 def _env(workdir: Path, **extra) -> dict:
@@ -127,8 +128,11 @@ def test_same_run_name_resumes_from_the_latest_checkpoint(trained):
 def test_explicit_resume_path_starts_a_new_run_from_it(trained):
     workdir, _ = trained
     iteration, folder = _checkpoints(workdir, "e2e")[0]
-    proc = _train(workdir, "e2e-fork", f"train.max_iters={iteration + 1}", "--resume", str(folder))
+    proc = _train(workdir, "e2e-fork", f"train.max_iters={iteration + 1}", "--resume", str(folder), "--verbose")
     assert f"iteration {iteration}" in proc.stdout + proc.stderr
+    # --verbose: Ray's own lines, hidden by default (tests/test_mlflow_native_e2e.py), are back
+    for line in ("Started a local Ray instance", "Attempting to start training worker group", "Reporting training result"):
+        assert line in proc.stdout + proc.stderr, line
     client, runs = _runs(workdir, "e2e-fork")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["platform.resumed_from"] == str(folder)
@@ -221,6 +225,7 @@ def test_a_failing_worker_ends_the_run_failed(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "gives no full batch" in proc.stdout + proc.stderr
+    assert "Traceback (most recent call last)" in proc.stdout + proc.stderr   # the quiet console keeps it
     assert "Run broken: FAILED" in proc.stdout
     # one line naming the worker's error; the traceback in a file; no resume offered without a checkpoint
     assert "[platform] training failed: ValueError (worker rank " in proc.stderr

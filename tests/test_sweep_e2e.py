@@ -30,7 +30,7 @@ SMALL = ["data.augment.scales=[96]", "data.augment.max_size=96", "data.augment.c
          "data.augment.eval_scale=96", "data.augment.eval_max_size=96", "data.synthetic.num_train=8",
          "data.synthetic.num_val=2", "data.num_workers=0", "train.log_every=1", "platform.num_val_images=1",
          "model.num_queries=20", "train.epochs=2", "train.lr_steps=[2]", "scheduler.max_epochs=2",
-         "scheduler.reduction_factor=2"]
+         "scheduler.reduction_factor=2", "platform.log_model=false"]
 
 
 def _free_port() -> int:
@@ -108,7 +108,8 @@ def test_sweep_as_a_ray_job_with_asha(head):
     tracking_uri = f"sqlite:///{workdir}/mlflow.db"
     runtime_env = json.dumps({"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri}})
     args = _sweep_args(workdir, "asha", "metric=iteration", "max_concurrent_trials=2",
-                       "search_space={data.batch_size: {grid: [2, 4, 8]}}")
+                       "search_space={data.batch_size: {grid: [2, 4, 8]}}", "platform.log_model=true",
+                       "--register", "sweep-asha")
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head["job_address"],
            "--working-dir", ".", "--runtime-env-json", runtime_env, "--", "python", "-m", "platform.sweep", *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
@@ -145,6 +146,21 @@ def test_sweep_as_a_ray_job_with_asha(head):
     import yaml
     assert yaml.safe_load(Path(best).read_text())["data"]["batch_size"] == 2
     assert parent.data.tags["sweep.best_run_id"] == by_batch[2].info.run_id
+
+    # where the runs came from (a Ray job: no git checkout in the job's copy of the repository)
+    for run in (client.get_run(r.info.run_id) for r in (parent, *children)):
+        assert run.data.tags["mlflow.source.name"] == "python -m platform.sweep", run.data.tags
+        assert run.data.tags["mlflow.source.type"] == "JOB" and run.data.tags["mlflow.user"]
+        assert run.data.tags["platform.command"].startswith("python -m platform.sweep experiments/sweep_tiny.yaml")
+        assert sorted(i.dataset.name for i in run.inputs.dataset_inputs) == ["synthetic-shapes-train",
+                                                                            "synthetic-shapes-val"]
+    assert by_batch[4].data.tags["mlflow.runName"] == "batch_size=4" and parent.data.tags["mlflow.runName"] == "asha"
+    # the best trial's model: logged from its child run, an output of the parent too, registered
+    version = client.get_model_version("sweep-asha", "1")
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert model.source_run_id == by_batch[2].info.run_id
+    assert [o.model_id for o in client.get_run(parent.info.run_id).outputs.model_outputs] == [model.model_id]
+    assert "registered as models:/sweep-asha/1" in proc.stdout, output
 
 
 def test_interrupted_sweep_resumes(head):

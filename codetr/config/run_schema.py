@@ -60,6 +60,8 @@ class PlatformConfig:
     find_unused_parameters: bool = False  # DDP: every parameter gets a gradient for any K (tests/test_collaborative.py)
     log_checkpoints: bool = True       # upload the last and the best checkpoint to MLflow
     num_val_images: int = 4            # validation images drawn with predicted and true boxes (MLflow)
+    log_model: bool = True             # log the deployable model as an MLflow model (pyfunc) at the end
+    system_metrics_interval: float = 10.0  # seconds between MLflow system-metrics samples per node; 0: off
 
     def validate(self, prefix: str) -> None:
         check_range(self.num_workers >= 1, f"{prefix}.num_workers", "must be >= 1")
@@ -69,3 +71,4 @@ class PlatformConfig:
         check_range(self.max_failures >= -1, f"{prefix}.max_failures", "must be >= -1 (-1: unlimited)")
         check_range(self.resource_wait_s > 0, f"{prefix}.resource_wait_s", "must be > 0")
         check_range(self.num_to_keep >= 1, f"{prefix}.num_to_keep", "must be >= 1")
+        check_range(self.system_metrics_interval >= 0, f"{prefix}.system_metrics_interval", "must be >= 0 (0: off)")
