@@ -11,9 +11,10 @@ configuration and never by filtering the output stream:
   that logger's level, set in each worker (:func:`configure_worker`);
 - Ray's own INFO lines in the driver and in Ray's processes (local instance start-up, working-dir
   packaging): ``ray.init(logging_config=ray.LoggingConfig(log_level="WARNING"))``;
-- two known harmless warnings of the driver, by logger and message: token authentication being
-  enabled on the local cluster this command starts (``authentication_token_setup``) and ``.git``
-  being left out of the working-dir upload (the platform excludes it anyway);
+- known harmless warnings of the driver, by logger and message: token authentication being
+  enabled on the local cluster this command starts (``authentication_token_setup``) and ``.git``,
+  ``.venv``, ``venv`` or ``__pycache__`` being left out of the working-dir upload (the platform excludes
+  them anyway);
 - MLflow's INFO lines (store creation, model validation): ``MLFLOW_LOGGING_LEVEL=WARNING``.
 
 Ray Train still writes its own lines at every level to ``ray-train-sys-*.log`` in the session's
@@ -37,8 +38,8 @@ QUIET_LEVEL = "WARNING"
 # (logger, start of the message) of warnings known to be harmless for the platform's commands
 HARMLESS_WARNINGS = [
     ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray"),
-    ("ray._private.worker", "Directory '.git' is now ignored by default"),
-]
+] + [("ray._private.worker", f"Directory {name!r} is now ignored by default")   # Ray's default excludes, which
+     for name in (".git", ".venv", "venv", "__pycache__")]                      # the platform excludes too
 # Ray Train modules that name their logger by file path (outside ``ray.train``, so Train's own log level
 # does not reach them): ``Reporting training result N: TrainingReport(...)`` comes from the first
 RAY_TRAIN_FILE_LOGGERS = ["train/v2/_internal/execution/context.py"]

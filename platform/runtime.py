@@ -17,7 +17,7 @@ DEFAULT_CONFIG = "codetr_tiny"
 # Not uploaded with the working dir to Ray workers (gitignore patterns; .gitignore is honoured too).
 # Folders anchored at the root: an unanchored "data/" also dropped the package codetr/data, which the
 # workers then imported from wherever the project happened to be installed (or not at all on other nodes).
-UPLOAD_EXCLUDES = [".git/", ".venv/", "/data/", "/runs/", "/outputs/", "/mlruns/", "/mlartifacts/", "mlflow.db",
+UPLOAD_EXCLUDES = [".git/", ".venv/", "/venv/", "/data/", "/runs/", "/outputs/", "/mlruns/", "/mlartifacts/", "mlflow.db",
                    "*.db", "*.pt", "*.pth", ".pytest_cache/", "__pycache__/"]
 
 
