@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -164,7 +165,7 @@ def test_dry_run_lists_the_trials_without_starting_ray(capsys):
 
     assert main([str(TINY), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    listed = [line.split(". ", 1)[1] for line in out.splitlines() if line.strip()[:1].isdigit()]
+    listed = [m.group(2) for m in re.finditer(r"^\s+(c\d+)\. (.*)$", out, re.MULTILINE)]
     assert len(listed) == 18 and len(set(listed)) == 18
     assert listed[:2] == ["K=0[] num_queries=30", "K=0[] num_queries=50"]
     assert "K=2[atss+faster_rcnn] lambda1=0.5 lambda2=2 num_queries=50" in listed
