@@ -47,6 +47,9 @@ TRIAL_ENV = {
     # an inline trial's process is reused once its training thread has ended (closing its MLflow
     # logging, its system-metrics monitor): Tune's default wait for that is 2 s, then a new process
     "TUNE_FUNCTION_THREAD_TIMEOUT_S": "30",
+    # Tune snapshots its experiment state after every num_to_keep checkpoints of an inline trial (a
+    # small local write) and warns when that happens within 5 s: with short trials it does, harmlessly
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 

@@ -219,13 +219,17 @@ def log_summary(tracking_uri: str, parent_run_id: str, rows: list[TrialRow], key
         markdown = f"{statistics_markdown(stats)}\n### Trials\n\n{markdown}"
         client.log_text(parent_run_id, to_csv(*configurations_table(stats)), "summary/configurations.csv")
         client.log_text(parent_run_id, to_csv(*effects_table(stats)), "summary/key_effects.csv")
+        from platform.tracking import RunLogger
+
+        summary_metrics = {}
         for c in stats.configs:
             iv = stats.intervals.get(c.config_id)
             if iv is not None:
-                client.log_metrics(parent_run_id, {f"stats/{c.config_id}/mean": iv.mean, f"stats/{c.config_id}/n": iv.n,
-                                                   **({f"stats/{c.config_id}/ci_low": iv.low,
-                                                       f"stats/{c.config_id}/ci_high": iv.high}
-                                                      if iv.low is not None else {})})
+                summary_metrics.update({f"stats/{c.config_id}/mean": iv.mean, f"stats/{c.config_id}/n": iv.n})
+                if iv.low is not None:
+                    summary_metrics.update({f"stats/{c.config_id}/ci_low": iv.low,
+                                            f"stats/{c.config_id}/ci_high": iv.high})
+        RunLogger(tracking_uri, parent_run_id).log_metrics(summary_metrics, step=0)
         if stats.baseline is not None:
             client.set_tag(parent_run_id, "sweep.baseline_id", stats.baseline.config_id)
     client.log_text(parent_run_id, markdown, "summary/results.md")
