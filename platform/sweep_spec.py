@@ -20,6 +20,9 @@ A sweep file (``experiments/sweep*.yaml``)::
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_epochs: 4}   # or {type: none}
     search_alg: null                 # null / random (Tune's basic variant generator), optuna, hyperopt
     storage_path: runs/sweeps        # Tune + Train storage (a shared mount or URI on a multi-node cluster)
+    configurations:                  # instead of search_space: the runs themselves (one factor at a time);
+      - {model.aux_heads: []}        # each names what it changes, other keys keep the base config's value
+      - {model.lambda1: 0.25}
     seeds: [0, 1, 2]                 # repeats: every configuration once per seed (train.seed), or
     # repeats: 3                     # ... the same as seeds: [0, 1, 2]
     baseline: {model.aux_heads: []}  # the configuration the others are compared with, paired by seed
@@ -54,9 +57,9 @@ from codetr.config.loader import apply_overrides, parse_override, read_config_di
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "none")
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
-FIELDS = ("name", "experiment_name", "base", "overrides", "search_space", "metric", "mode", "num_samples",
-          "max_concurrent_trials", "resources", "scheduler", "search_alg", "storage_path", "seeds", "repeats",
-          "baseline", "trial_runner")
+FIELDS = ("name", "experiment_name", "base", "overrides", "search_space", "configurations", "metric", "mode",
+          "num_samples", "max_concurrent_trials", "resources", "scheduler", "search_alg", "storage_path", "seeds",
+          "repeats", "baseline", "trial_runner")
 TRIAL_RUNNERS = ("auto", "ray_train")
 SEED_KEY = "train.seed"          # what a repeat changes: model initialisation, data order, augmentation
 CONFIG_ID_KEY = "config_id"      # in a trial's grid point: the id of its configuration (c1, c2, ...)
@@ -118,6 +121,7 @@ class SweepSpec:
     seeds: list[int] | None = None              # None: one trial per configuration (the base train.seed)
     baseline: dict[str, Any] | None = None      # swept key -> value of the baseline configuration
     trial_runner: str = "auto"
+    listed: list[dict[str, Any]] | None = None  # ``configurations:`` of the file (instead of a grid product)
     _grid_points: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -143,7 +147,11 @@ class SweepSpec:
         points, seen = [], set()
         if grid:
             base = to_dict(self.base_config())
-            for combo in itertools.product(*grid.values()):
+            if self.listed is not None:   # the listed configurations, each key not named at its base value
+                combos = [tuple(c.get(k, _base_value(base, k)) for k in grid) for c in self.listed]
+            else:
+                combos = itertools.product(*grid.values())
+            for combo in combos:
                 values = dict(zip(grid, combo))
                 cfg = trial_config(base, values)
                 point = {k: v for k, v in values.items() if not cfg.is_unused(k)}
@@ -198,7 +206,9 @@ class SweepSpec:
         return sorted(set(epochs + [int(self.scheduler["max_epochs"])]))
 
     def num_grid_combinations(self) -> int:
-        """The full product of the grid domains, duplicates included."""
+        """The full product of the grid domains, duplicates included (the list of ``configurations``)."""
+        if self.listed is not None:
+            return len(self.listed)
         return math.prod(len(d.values) for d in self.search_space.values() if d.kind == "grid")
 
 
@@ -253,6 +263,41 @@ def trial_config(base_dict: dict, values: dict[str, Any]) -> Config:
     for key, value in values.items():
         data = set_dotted(data, key, value)
     return config_from_dict(data)
+
+
+def _base_value(base: dict, key: str) -> Any:
+    node: Any = base
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _parse_configurations(raw: Any, base_dict: dict, valid_keys: list[str]) -> tuple[dict[str, Domain], list[dict]]:
+    """``configurations:`` -> (a grid domain per named key holding its values, base value first, and the
+    list itself). Each configuration names the keys it changes; the others keep the base config's value."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(c, dict) and c for c in raw):
+        raise ConfigError("configurations: must be a non-empty list of mappings of dotted config keys to values, "
+                          "e.g. [{model.aux_heads: []}, {model.lambda1: 0.5}]")
+    listed = [_flatten_selection(c) for c in raw]
+    keys: list[str] = []
+    for i, config in enumerate(listed, 1):
+        for key in config:
+            if not has_key(Config, key):
+                raise ConfigError(f"configurations[{i}]: {key!r} is not a config key{_close(key, valid_keys)}")
+            if key not in keys:
+                keys.append(key)
+        try:
+            trial_config(base_dict, config)
+        except ConfigError as e:
+            raise ConfigError(f"configurations[{i}] {json.dumps(config)} gives an invalid config: {e}") from e
+    space = {}
+    for key in keys:
+        values = [_base_value(base_dict, key)]
+        for config in listed:
+            if key in config and config[key] not in values:
+                values.append(config[key])
+        space[key] = Domain(key, "grid", values=values)
+    return space, listed
 
 
 def matches(point: dict[str, Any], selection: dict[str, Any]) -> bool:
@@ -464,10 +509,18 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     base_dict = to_dict(base_cfg)
 
     space_raw = raw.get("search_space") or {}
-    if not isinstance(space_raw, dict) or not space_raw:
-        raise ConfigError(f"{path}: 'search_space' must map at least one dotted config key to a domain")
     valid_keys = _config_keys(base_dict)
-    space: dict[str, Domain] = {}
+    listed = None
+    if raw.get("configurations") is not None:
+        if space_raw:
+            raise ConfigError(f"{path}: give 'search_space' (a grid or sampled domains) or 'configurations' "
+                              "(a list of runs), not both")
+        space_raw, (space, listed) = {}, _parse_configurations(raw["configurations"], base_dict, valid_keys)
+    elif not isinstance(space_raw, dict) or not space_raw:
+        raise ConfigError(f"{path}: 'search_space' must map at least one dotted config key to a domain "
+                          "(or 'configurations' list the runs)")
+    else:
+        space = {}
     for key, spec in space_raw.items():
         key = str(key)
         if not has_key(Config, key):
@@ -562,6 +615,12 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw=raw,
         seeds=seeds,
         trial_runner=trial_runner,
+        listed=listed,
     )
+    if listed is not None:
+        points = spec.grid_points()
+        if len(points) < len(listed):
+            raise ConfigError(f"configurations: {len(listed)} listed but only {len(points)} distinct runs (two of "
+                              "them differ only in keys without effect there, e.g. lambda1 with no auxiliary head)")
     spec.baseline = _parse_baseline(raw.get("baseline"), space, spec)
     return spec
