@@ -10,7 +10,7 @@ reads its MLflow runs back. For every trial:
 
 - training: the time inside the training loop (data loading, forward, backward, step), the sum over
   the logged ``train/iter_time`` windows of window mean x window length. ``train.log_every`` here
-  divides the epoch (64 iterations), so the windows tile the epochs exactly and no training
+  divides the epoch (65 iterations; checked), so the windows tile the epochs exactly and no training
   second is lost or counted twice; evaluation, checkpoints and reporting happen between windows.
 - trial: the child run's wall time in MLflow (its creation by the trial to its end state);
 - slot: the sweep's wall time x trials at a time / trials (everything, Ray and Tune included).
@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ITERS_PER_EPOCH = 64          # 256 images / batch 4
-LOG_EVERY = 32                # divides the epoch: the logging windows tile it
+ITERS_PER_EPOCH = 65          # 256 images / batch 4, the aspect-ratio groups padded to whole batches
+LOG_EVERY = 13                # divides the epoch: the logging windows tile it
 SWEEP_ARGS = ["experiments/sweep_tiny.yaml", "scheduler.type=none", "max_concurrent_trials=2",
               "search_space={model.aux_heads: {grid: [[], [atss, faster_rcnn]]}, "
               "model.num_queries: {grid: [30, 50]}}",
@@ -58,6 +58,11 @@ def run_sweep(repo: Path, workdir: Path, name: str) -> str:
 def training_seconds(client, run_id: str) -> float:
     """Sum of window mean x window length over the run's ``train/iter_time`` history."""
     history = sorted(client.get_metric_history(run_id, "train/iter_time"), key=lambda m: m.step)
+    steps = {m.step for m in history}
+    ends = {int(m.step) for m in client.get_metric_history(run_id, "train/epochs_done")}
+    if not ends <= steps:   # an epoch ended inside a window: its time before the epoch's end is lost
+        raise ValueError(f"train.log_every does not divide the epoch: epochs end at {sorted(ends)}, "
+                         f"windows at {sorted(steps)}")
     total, previous = 0.0, 0
     for m in history:
         total += m.value * (m.step - previous)

@@ -30,7 +30,7 @@ def cfg(tmp_path_factory):
     return load_config("experiments/codetr_tiny.yaml", [*TINY, f"data.synthetic.root={root}"])
 
 
-def _train(cfg, seed: int, iters: int = 3) -> tuple[dict, list[int]]:
+def _train(cfg, seed: int, iters: int = 2) -> tuple[dict, list[int]]:
     """What a one-worker run does up to ``iters`` steps: returns the weights and the first epoch's order."""
     torch.set_num_threads(1)
     seed_everything(seed)
@@ -59,16 +59,20 @@ def test_same_seed_same_weights_bitwise_other_seed_other_run(cfg):
 
 
 def test_the_seed_sets_initialisation_and_augmentation(cfg):
-    def start(seed):
-        seed_everything(seed)
-        model = build_model(cfg, num_classes=5)
-        image, target = build_dataset(cfg, "train")[0]    # random scale and crop from the global RNG
-        return model.state_dict(), image, target["boxes"]
+    dataset = build_dataset(cfg, "train")
 
-    w0, img0, boxes0 = start(0)
-    w0b, img0b, boxes0b = start(0)
-    w1, _, _ = start(1)
-    assert all(torch.equal(w0[k], w0b[k]) for k in w0) and torch.equal(img0, img0b) and torch.equal(boxes0, boxes0b)
+    def weights(seed):
+        seed_everything(seed)
+        return build_model(cfg, num_classes=5).state_dict()
+
+    def augmented(seed):
+        seed_everything(seed)
+        image, target = dataset[0]                   # random scale and crop from the global RNG
+        return image, target["boxes"]
+
+    w0, w0_again, w1 = weights(0), weights(0), weights(1)
+    assert all(torch.equal(w0[k], w0_again[k]) for k in w0)
     assert not all(torch.equal(w0[k], w1[k]) for k in w0)
-    augmented = {tuple(start(s)[1].shape) for s in range(6)}
-    assert len(augmented) > 1                              # other seeds, other scales / crops
+    (img0, boxes0), (img0_again, boxes0_again) = augmented(0), augmented(0)
+    assert torch.equal(img0, img0_again) and torch.equal(boxes0, boxes0_again)
+    assert len({tuple(augmented(s)[0].shape) for s in range(8)}) > 1    # other seeds, other scales / crops

@@ -168,6 +168,7 @@ def test_interrupted_sweep_resumes(head):
     tracking_uri = f"sqlite:///{workdir}/mlflow.db"
     env = dict(head["env"], RAY_ADDRESS=head["gcs_address"], MLFLOW_TRACKING_URI=tracking_uri)
     args = _sweep_args(workdir, "resume", "data.batch_size=4", "max_concurrent_trials=1", "scheduler.type=none",
+                       "train.checkpoint_every=1",
                        "search_space={model.lambda1: {grid: [0.5, 1.0]}}")
     cmd = [sys.executable, "-m", "platform.sweep", *args]
     # create the store's schema now: the polling below must not race the sweep to create it
