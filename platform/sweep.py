@@ -15,6 +15,15 @@ parent gets the results table, plots and the best config (:mod:`platform.sweep_s
 
 ``--resume`` continues an interrupted sweep of the same name (``Tuner.restore``): finished trials
 are kept, unfinished ones continue from their latest checkpoint into the same child runs.
+
+Repeats (``seeds`` / ``repeats`` in the sweep file) run every configuration once per seed
+(``train.seed``); the summary then gives each configuration's mean and t-interval, the effect of
+each swept value and paired comparisons with the ``baseline`` configuration
+(:mod:`platform.sweep_stats`); ``python -m platform.report SWEEP`` sets them beside the paper's.
+
+A trial with one worker (``trial_runner: auto``) trains inside its Tune trial's process, which Tune
+reuses for the next trial (:mod:`platform.train_session`); with more workers (or ``trial_runner:
+ray_train``) the trial runs a Ray Train ``TorchTrainer``.
 """
 from __future__ import annotations
 
@@ -35,6 +44,12 @@ TRIAL_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # a trial's workers may wait for an ended trial's resources to be released (Train's default: 60 s)
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "600",
+    # an inline trial's process is reused once its training thread has ended (closing its MLflow
+    # logging, its system-metrics monitor): Tune's default wait for that is 2 s, then a new process
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "30",
+    # Tune snapshots its experiment state after every num_to_keep checkpoints of an inline trial (a
+    # small local write) and warns when that happens within 5 s: with short trials it does, harmlessly
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 
@@ -97,6 +112,24 @@ def trial_dirname(trial_id: str, values: dict[str, Any]) -> str:
 GRID_KEY = "grid_point"   # Tune config key of the grid combination (a dict of dotted keys -> values)
 
 
+def trial_identity(config: dict) -> tuple[str | None, int | None]:
+    """``(config id, seed)`` of a trial from its Tune config (None, None for a sampled trial; seed None
+    without repeats: the base config's ``train.seed``)."""
+    from platform.sweep_spec import CONFIG_ID_KEY, SEED_KEY
+
+    point = config.get(GRID_KEY, {})
+    return point.get(CONFIG_ID_KEY), point.get(SEED_KEY)
+
+
+def naming_values(config: dict, keys: list[str]) -> dict[str, Any]:
+    """The swept values of a trial plus its seed with repeats (what its names show)."""
+    from platform.sweep_spec import SEED_KEY
+
+    values = trial_values(config, keys)
+    _, seed = trial_identity(config)
+    return {**values, SEED_KEY: seed} if seed is not None else values
+
+
 def trial_values(config: dict, keys: list[str]) -> dict[str, Any]:
     """The swept values of a trial by dotted key, in ``keys`` order, from its Tune config (the grid
     combination under GRID_KEY plus the sampled keys); a key the combination leaves out (no effect
@@ -109,7 +142,8 @@ def trial_values(config: dict, keys: list[str]) -> dict[str, Any]:
 
 
 def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
-    """Tune driver function of one trial: the single-run TorchTrainer for this trial's config.
+    """Tune driver function of one trial: the single-run TorchTrainer for this trial's config, or
+    (``context["inline"]``) the same worker function in this process.
 
     ``config``: the sampled values by dotted key; ``context`` (from :func:`make_trial_context`): the
     base config dict, the swept keys, MLflow parent and tracking URI, the Train storage folder.
@@ -128,19 +162,27 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     from platform.train import derived_params
     from platform.worker import make_loop_config
 
+    from platform.sweep_spec import SEED_KEY
+    from platform.sweep_tracking import CONFIG_ID_TAG, CONFIG_LABEL_TAG, SEED_TAG
+
     tune_context = ray.tune.get_context()
     trial_id = tune_context.get_trial_id()
     values = trial_values(config, context["keys"])
-    cfg = trial_config(context["base"], values)
-    run_name = trial_dirname(trial_id, values)
+    config_id, seed = trial_identity(config)
+    named = naming_values(config, context["keys"])
+    cfg = trial_config(context["base"], named)   # the seed of a repeat is train.seed
+    run_name = trial_dirname(trial_id, named)
     cfg.platform.run_name = run_name
     cfg.platform.storage_path = context["train_storage"]
     cfg.platform.experiment_name = context["experiment_name"]
     tracking_uri = context["tracking_uri"]
 
+    identity_tags = {CONFIG_ID_TAG: config_id or trial_id, CONFIG_LABEL_TAG: trial_label(values),
+                     SEED_TAG: str(cfg.train.seed)}
     run_id, resumed = open_child_run(tracking_uri, context["experiment_name"], context["parent_run_id"], trial_id,
-                                     run_name, trial_label(values), values, context["sweep_name"],
-                                     extra_tags={**context.get("source_tags", {}), "mlflow.runName": trial_label(values)})
+                                     run_name, trial_label(named), values, context["sweep_name"],
+                                     extra_tags={**context.get("source_tags", {}), **identity_tags,
+                                                 "mlflow.runName": trial_label(named)})
     cfg_dict = to_dict(cfg)
     params = flatten(cfg_dict)
     params.update(derived_params(cfg, world_size=cfg.platform.num_workers, num_classes=context["num_classes"],
@@ -151,9 +193,18 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     log_datasets(tracking_uri, run_id, context.get("datasets", []))
     if not resumed:
         tracking.RunLogger(tracking_uri, run_id).log_text(yaml.safe_dump(cfg_dict, sort_keys=False), "config.yaml")
-    print(f"[sweep] trial {trial_label(values)}: MLflow run {run_id} ({'resumed' if resumed else 'new'})", flush=True)
+    print(f"[sweep] trial {trial_label(named)}: MLflow run {run_id} ({'resumed' if resumed else 'new'})", flush=True)
 
-    loop_config = make_loop_config(cfg_dict, tracking_uri=tracking_uri, mlflow_run_id=run_id)
+    loop_config = make_loop_config(cfg_dict, tracking_uri=tracking_uri, mlflow_run_id=run_id, sweep_trial=True)
+    if context.get("inline"):
+        from platform.train_session import TuneTrialSession
+        from platform.worker import run_worker
+
+        # Tune stopping this trial (its scheduler) ends run_worker at its next report (SystemExit);
+        # the driver's ChildRunStatusCallback then closes the child run
+        run_worker(loop_config, TuneTrialSession(use_gpu=cfg.platform.use_gpu))
+        end_child(MlflowClient(tracking_uri), run_id, "FINISHED", "finished")
+        return
     fitted = threading.Event()
     _exit_when_stopped(fitted)
     build_trainer(cfg, loop_config, run_name, callbacks=[TuneReportCallback()], queue_for_capacity=True).fit()
@@ -192,10 +243,17 @@ def make_trial_context(spec, base_dict: dict, *, tracking_uri: str, parent_run_i
                        train_images: int | None, source_tags: dict[str, str] | None = None,
                        datasets: list | None = None) -> dict[str, Any]:
     """What every trial needs from the driver (``source_tags``: where the sweep came from, computed here
-    because trials run in Ray's copy of the repository; ``datasets``: the MLflow dataset descriptions)."""
+    because trials run in Ray's copy of the repository; ``datasets``: the MLflow dataset descriptions;
+    ``inline``: trials train in their Tune trial's process, ``resources``: what each trial reserves)."""
+    p = base_dict["platform"]
+    resources = {"CPU": p["num_workers"] * p["cpus_per_worker"]}
+    if p["use_gpu"]:
+        resources["GPU"] = p["num_workers"] * p["gpus_per_worker"]
     return {"base": base_dict, "keys": spec.keys, "tracking_uri": tracking_uri, "parent_run_id": parent_run_id,
+            "inline": spec.uses_inline_trials(), "resources": resources,
             "experiment_name": spec.experiment_name, "sweep_name": spec.name,
             "train_storage": f"{spec.storage_path.rstrip('/')}/{spec.name}/{TRAIN_RUNS_DIR}",
+            "tune_storage": f"{spec.storage_path.rstrip('/')}/{spec.name}",
             "num_classes": num_classes, "train_images": train_images, "source_tags": dict(source_tags or {}),
             "datasets": list(datasets or [])}
 
@@ -204,22 +262,24 @@ def make_trial_context(spec, base_dict: dict, *, tracking_uri: str, parent_run_i
 
 
 def trainable(context: dict[str, Any]):
-    """The Tune trainable: :func:`run_trial` with the context bound, and no CPU of its own.
+    """The Tune trainable: :func:`run_trial` with the context bound.
 
-    The trial's Train workers reserve the trial's CPUs / GPUs (the Train controller is a 0-CPU actor);
-    the driver function only waits. Tune refuses an all-zero request, so it asks for 1 byte of memory.
+    An inline trial reserves its worker's CPUs / GPUs itself. Otherwise the trial's Train workers
+    reserve them (the Train controller is a 0-CPU actor) and the driver function only waits, with no
+    CPU of its own: Tune refuses an all-zero request, so it asks for 1 byte of memory.
     """
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": 0, "memory": 1})
+    resources = context["resources"] if context.get("inline") else {"CPU": 0, "memory": 1}
+    return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
 
 
 def _trial_name(keys: list[str], trial) -> str:
-    return f"{trial_label(trial_values(trial.config, keys))} ({trial.trial_id})"
+    return f"{trial_label(naming_values(trial.config, keys))} ({trial.trial_id})"
 
 
 def _trial_dirname(keys: list[str], trial) -> str:
-    return trial_dirname(trial.trial_id, trial_values(trial.config, keys))
+    return trial_dirname(trial.trial_id, naming_values(trial.config, keys))
 
 
 def build_tune_config(spec):
@@ -239,10 +299,12 @@ def build_tune_config(spec):
     elif spec.search_alg == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
         search_alg = HyperOptSearch()
+    # inline trials: the next trial reuses an ended trial's process (its imports, its warm caches)
     return tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
                            max_concurrent_trials=spec.max_concurrent_trials, scheduler=scheduler,
                            search_alg=search_alg, trial_name_creator=functools.partial(_trial_name, spec.keys),
-                           trial_dirname_creator=functools.partial(_trial_dirname, spec.keys))
+                           trial_dirname_creator=functools.partial(_trial_dirname, spec.keys),
+                           reuse_actors=spec.uses_inline_trials())
 
 
 def param_space(spec) -> dict[str, Any]:
@@ -251,13 +313,12 @@ def param_space(spec) -> dict[str, Any]:
     from ray import tune
 
     space = {key: domain.to_tune() for key, domain in spec.search_space.items() if domain.kind != "grid"}
-    points = spec.grid_points()
-    if points:
-        space[GRID_KEY] = tune.grid_search(points)
+    if spec.grid_points():
+        space[GRID_KEY] = tune.grid_search(spec.trial_points())
     return space
 
 
-def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
+def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool, num_to_keep: int = 2):
     from ray import tune
 
     path = f"{spec.storage_path.rstrip('/')}/{spec.name}"
@@ -267,8 +328,10 @@ def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
     from platform.console import is_verbose
 
     # Tune's trial tables are the sweep's progress display: its default level, every result with --verbose
+    # checkpoint_config: the checkpoints of inline trials, kept by Tune in their trial folders
     run_config = tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=callbacks,
-                                failure_config=tune.FailureConfig(max_failures=0), verbose=2 if is_verbose() else 1)
+                                failure_config=tune.FailureConfig(max_failures=0), verbose=2 if is_verbose() else 1,
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=num_to_keep))
     return tune.Tuner(trainable(context), param_space=param_space(spec), tune_config=build_tune_config(spec),
                       run_config=run_config)
 
@@ -277,11 +340,15 @@ def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool):
 
 
 def describe(spec) -> str:
+    repeats = f"{len(spec.seeds)} seed(s) {spec.seeds}" if spec.seeds else f"{spec.num_samples} sample(s)"
     lines = [f"sweep {spec.name}: base {spec.base}, metric {spec.metric} ({spec.mode}), "
              f"{spec.num_grid_points()} distinct grid point(s) (of {spec.num_grid_combinations()} combinations) "
-             f"x {spec.num_samples} sample(s), "
-             f"max {spec.max_concurrent_trials or 'unlimited'} concurrent, scheduler {spec.scheduler}",
+             f"x {repeats} = {spec.num_trials()} trial(s), "
+             f"max {spec.max_concurrent_trials or 'unlimited'} concurrent, scheduler {spec.scheduler}, "
+             f"trials {'in their Tune trial process' if spec.uses_inline_trials() else 'on Ray Train'}",
              f"  storage {spec.storage_path}/{spec.name}, MLflow experiment {spec.experiment_name}"]
+    if spec.baseline is not None:
+        lines.append(f"  baseline {spec.baseline_id()}: {trial_label(spec.baseline)}")
     for key, d in spec.search_space.items():
         lines.append(f"  {key}: {d.kind} {d.values if d.kind in ('grid', 'choice') else [d.low, d.high]}")
     return "\n".join(lines)
@@ -316,12 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     print(f"[sweep] {describe(spec)}", flush=True)
     if args.dry_run:
-        points = spec.grid_points()
+        configs = spec.configurations()
         sampled = [k for k, d in spec.search_space.items() if d.kind != "grid"]
-        print(f"[sweep] {len(points) or 1} grid point(s) x {spec.num_samples} sample(s)"
+        times = f"{len(spec.seeds)} seed(s) {spec.seeds}" if spec.seeds else f"{spec.num_samples} sample(s)"
+        print(f"[sweep] {len(configs) or 1} grid point(s) x {times}"
               + (f", {', '.join(sampled)} sampled per trial" if sampled else "") + ":")
-        for i, point in enumerate(points, 1):
-            print(f"  {i:3d}. {trial_label(point)}")
+        baseline = spec.baseline_id()
+        for config_id, point in configs:
+            print(f"  {config_id:>4}. {trial_label(point)}{'  (baseline)' if config_id == baseline else ''}")
         return EXIT_OK
 
     sweep_dir = f"{spec.storage_path.rstrip('/')}/{spec.name}"
@@ -381,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"[sweep] {init_ray(base_cfg, TRIAL_ENV)}", flush=True)
         callbacks = [status_callback, release_callback]
-        tuner = build_tuner(spec, context, callbacks, args.resume)
+        tuner = build_tuner(spec, context, callbacks, args.resume, base_cfg.platform.num_to_keep)
         if args.resume:   # the restored run config holds pickled copies of the callbacks: use these
             try:
                 tuner._local_tuner.get_run_config().callbacks = callbacks   # noqa: SLF001
@@ -440,8 +509,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def best_trial_checkpoint(child_tags: dict[str, str], context: dict[str, Any],
                           tune_results: dict[str, list[dict]]) -> str | None:
-    """The latest checkpoint of a trial: the last one its Train run reported to Tune, else the newest
-    ``checkpoint_*`` folder of its Ray Train run in local storage (None when there is none)."""
+    """The latest checkpoint of a trial: the last one its Train run (or inline trial) reported to Tune,
+    else the newest ``checkpoint_*`` folder of its Ray Train run (or Tune trial) in local storage (None
+    when there is none)."""
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
     from platform.sweep_tracking import TRIAL_ID_TAG
     from platform.tracking import RUN_NAME_TAG
@@ -450,9 +520,12 @@ def best_trial_checkpoint(child_tags: dict[str, str], context: dict[str, Any],
                 if isinstance(r.get(CHECKPOINT_PATH_KEY), str)]
     if reported:
         return reported[-1]
-    folder = Path(context["train_storage"]) / child_tags.get(RUN_NAME_TAG, "")
-    found = sorted(d for d in folder.glob("checkpoint_*") if d.is_dir()) if folder.is_dir() else []
-    return str(found[-1]) if found else None
+    for storage in (context["train_storage"], context.get("tune_storage")):
+        folder = Path(storage or "") / child_tags.get(RUN_NAME_TAG, "")
+        found = sorted(d for d in folder.glob("checkpoint_*") if d.is_dir()) if folder.is_dir() else []
+        if found:
+            return str(found[-1])
+    return None
 
 
 def _log_best_model(tracking_uri: str, parent_run_id: str, context: dict[str, Any],
@@ -477,13 +550,20 @@ def _log_best_model(tracking_uri: str, parent_run_id: str, context: dict[str, An
 
 
 def _tune_results(grid) -> dict[str, list[dict]]:
-    """Trial id -> the trial's Tune results (oldest first), for metrics MLflow does not hold."""
+    """Trial id -> the trial's Tune results (oldest first), for metrics MLflow does not hold. The
+    latest checkpoint of an inline trial (kept by Tune) is in its last record, as a Train run's is."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
     out = {}
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id")
         frame = result.metrics_dataframe
         if trial_id and frame is not None:
-            out[trial_id] = frame.to_dict("records")
+            records = frame.to_dict("records")
+            if records and result.checkpoint is not None and not any(
+                    isinstance(r.get(CHECKPOINT_PATH_KEY), str) for r in records):
+                records[-1][CHECKPOINT_PATH_KEY] = result.checkpoint.path
+            out[trial_id] = records
     return out
 
 
@@ -496,12 +576,31 @@ def _summarize(spec, tracking_uri, experiment_id, parent_run_id, base_dict, tune
         rows = collect_rows(tracking_uri, experiment_id, parent_run_id, spec.keys, spec.metric, spec.mode,
                             tune_results)
         best = rows[0] if rows and rows[0].metric is not None else None
-        best_config = to_dict(trial_config(base_dict, best.values)) if best else None
+        stats = None
+        if spec.seeds:
+            stats, best = repeated_statistics(rows, spec.keys, spec.metric, spec.mode, spec.baseline_id())
+        best_config = to_dict(trial_config(base_dict, {**best.values, "train.seed": best.seed}
+                                           if best.seed is not None else best.values)) if best else None
         return log_summary(tracking_uri, parent_run_id, rows, spec.keys, spec.metric, best_config,
-                           spec.compare_epochs(), spec.mode)
+                           spec.compare_epochs(), spec.mode, stats=stats, best=best)
     except Exception as e:   # the summary must not hide the sweep's own result
         print(f"[sweep] could not write the summary: {type(e).__name__}: {e}", file=sys.stderr)
         return ""
+
+
+def repeated_statistics(rows, keys: list[str], metric: str, mode: str, baseline_id: str | None):
+    """``(statistics, best trial)`` of a repeated sweep: the best trial is the best seed of the
+    configuration with the best mean (not the luckiest single trial)."""
+    from platform.sweep_comparisons import sweep_statistics
+
+    stats = sweep_statistics(rows, keys, metric, baseline_id)
+    ranked = [(iv.mean, cid) for cid, iv in stats.intervals.items() if iv is not None]
+    if not ranked:
+        return stats, None
+    _, best_id = max(ranked) if mode == "max" else min(ranked)
+    candidates = [r for r in rows if r.config_id == best_id and r.metric is not None and r.ran_to_the_end]
+    pick = max if mode == "max" else min
+    return stats, pick(candidates, key=lambda r: r.metric) if candidates else None
 
 
 if __name__ == "__main__":

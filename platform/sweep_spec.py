@@ -20,6 +20,19 @@ A sweep file (``experiments/sweep*.yaml``)::
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2, max_epochs: 4}   # or {type: none}
     search_alg: null                 # null / random (Tune's basic variant generator), optuna, hyperopt
     storage_path: runs/sweeps        # Tune + Train storage (a shared mount or URI on a multi-node cluster)
+    configurations:                  # instead of search_space: the runs themselves (one factor at a time);
+      - {model.aux_heads: []}        # each names what it changes, other keys keep the base config's value
+      - {model.lambda1: 0.25}
+    seeds: [0, 1, 2]                 # repeats: every configuration once per seed (train.seed), or
+    # repeats: 3                     # ... the same as seeds: [0, 1, 2]
+    baseline: {model.aux_heads: []}  # the configuration the others are compared with, paired by seed
+    trial_runner: auto               # auto: a single-worker trial trains in its Tune trial's own (reused)
+                                     # process; ray_train: every trial runs a Ray Train TorchTrainer
+
+Repeats (``seeds`` / ``repeats``) need grid domains only (a configuration must be the same on every
+seed), ``num_samples: 1``, no ``search_alg`` and ``scheduler: {type: none}``: every trial runs to the
+end, so that every configuration is compared on every seed at the same epoch (README, "Sweeps").
+``baseline`` maps swept keys to values and must pick exactly one configuration of the grid.
 
 Command-line ``key=value`` overrides go to the sweep file when the first part of the key is one
 of its fields (``num_samples=2``, ``scheduler.type=none``, ``search_space.model.lambda1={grid: [1]}``)
@@ -44,8 +57,13 @@ from codetr.config.loader import apply_overrides, parse_override, read_config_di
 DOMAINS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "none")
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
-FIELDS = ("name", "experiment_name", "base", "overrides", "search_space", "metric", "mode", "num_samples",
-          "max_concurrent_trials", "resources", "scheduler", "search_alg", "storage_path")
+FIELDS = ("name", "experiment_name", "base", "overrides", "search_space", "configurations", "metric", "mode",
+          "num_samples", "max_concurrent_trials", "resources", "scheduler", "search_alg", "storage_path", "seeds",
+          "repeats", "baseline", "trial_runner")
+TRIAL_RUNNERS = ("auto", "ray_train")
+SEED_KEY = "train.seed"          # what a repeat changes: model initialisation, data order, augmentation
+CONFIG_ID_KEY = "config_id"      # in a trial's grid point: the id of its configuration (c1, c2, ...)
+MAX_SEED = 2**31 - 1
 RESOURCE_FIELDS = ("num_workers", "cpus_per_worker", "gpus_per_worker")
 ASHA_FIELDS = ("type", "grace_period", "reduction_factor", "max_epochs")
 
@@ -100,6 +118,10 @@ class SweepSpec:
     storage_path: str = "runs/sweeps"
     source: str = ""                            # the sweep file
     raw: dict[str, Any] = field(default_factory=dict)   # the file after command-line overrides
+    seeds: list[int] | None = None              # None: one trial per configuration (the base train.seed)
+    baseline: dict[str, Any] | None = None      # swept key -> value of the baseline configuration
+    trial_runner: str = "auto"
+    listed: list[dict[str, Any]] | None = None  # ``configurations:`` of the file (instead of a grid product)
     _grid_points: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -125,7 +147,11 @@ class SweepSpec:
         points, seen = [], set()
         if grid:
             base = to_dict(self.base_config())
-            for combo in itertools.product(*grid.values()):
+            if self.listed is not None:   # the listed configurations, each key not named at its base value
+                combos = [tuple(c.get(k, _base_value(base, k)) for k in grid) for c in self.listed]
+            else:
+                combos = itertools.product(*grid.values())
+            for combo in combos:
                 values = dict(zip(grid, combo))
                 cfg = trial_config(base, values)
                 point = {k: v for k, v in values.items() if not cfg.is_unused(k)}
@@ -135,6 +161,33 @@ class SweepSpec:
                     points.append(point)
         self._grid_points = points
         return points
+
+    def configurations(self) -> list[tuple[str, dict[str, Any]]]:
+        """``[(config id, grid point)]``: ``c1``, ``c2``, ... in grid order (what --dry-run lists)."""
+        return [(f"c{i}", point) for i, point in enumerate(self.grid_points(), 1)]
+
+    def trial_points(self) -> list[dict[str, Any]]:
+        """The Tune grid: every configuration (its grid point plus ``CONFIG_ID_KEY``), once per seed
+        (``SEED_KEY``) with repeats. Seed-major: all configurations on seed 0 first, so that an
+        interrupted sweep already holds complete seeds to compare."""
+        configs = self.configurations()
+        if not self.seeds:
+            return [{**point, CONFIG_ID_KEY: cid} for cid, point in configs]
+        return [{**point, CONFIG_ID_KEY: cid, SEED_KEY: seed} for seed in self.seeds for cid, point in configs]
+
+    def num_trials(self) -> int:
+        """Trials the sweep runs: grid points x seeds (or x num_samples)."""
+        return self.num_grid_points() * (len(self.seeds) if self.seeds else self.num_samples)
+
+    def baseline_id(self) -> str | None:
+        """The config id of the baseline configuration (None without ``baseline``)."""
+        if self.baseline is None:
+            return None
+        return next(cid for cid, point in self.configurations() if matches(point, self.baseline))
+
+    def uses_inline_trials(self) -> bool:
+        """Whether a trial trains in its Tune trial's process (``trial_runner: auto``, one worker)."""
+        return self.trial_runner == "auto" and int(self.resources.get("num_workers", 1)) == 1
 
     def num_grid_points(self) -> int:
         """Distinct grid combinations (1 without grid domains); trials = this x num_samples."""
@@ -153,7 +206,9 @@ class SweepSpec:
         return sorted(set(epochs + [int(self.scheduler["max_epochs"])]))
 
     def num_grid_combinations(self) -> int:
-        """The full product of the grid domains, duplicates included."""
+        """The full product of the grid domains, duplicates included (the list of ``configurations``)."""
+        if self.listed is not None:
+            return len(self.listed)
         return math.prod(len(d.values) for d in self.search_space.values() if d.kind == "grid")
 
 
@@ -208,6 +263,120 @@ def trial_config(base_dict: dict, values: dict[str, Any]) -> Config:
     for key, value in values.items():
         data = set_dotted(data, key, value)
     return config_from_dict(data)
+
+
+def _base_value(base: dict, key: str) -> Any:
+    node: Any = base
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _parse_configurations(raw: Any, base_dict: dict, valid_keys: list[str]) -> tuple[dict[str, Domain], list[dict]]:
+    """``configurations:`` -> (a grid domain per named key holding its values, base value first, and the
+    list itself). Each configuration names the keys it changes; the others keep the base config's value."""
+    if not isinstance(raw, list) or not raw or not all(isinstance(c, dict) and c for c in raw):
+        raise ConfigError("configurations: must be a non-empty list of mappings of dotted config keys to values, "
+                          "e.g. [{model.aux_heads: []}, {model.lambda1: 0.5}]")
+    listed = [_flatten_selection(c) for c in raw]
+    keys: list[str] = []
+    for i, config in enumerate(listed, 1):
+        for key in config:
+            if not has_key(Config, key):
+                raise ConfigError(f"configurations[{i}]: {key!r} is not a config key{_close(key, valid_keys)}")
+            if key not in keys:
+                keys.append(key)
+        try:
+            trial_config(base_dict, config)
+        except ConfigError as e:
+            raise ConfigError(f"configurations[{i}] {json.dumps(config)} gives an invalid config: {e}") from e
+    space = {}
+    for key in keys:
+        values = [_base_value(base_dict, key)]
+        for config in listed:
+            if key in config and config[key] not in values:
+                values.append(config[key])
+        space[key] = Domain(key, "grid", values=values)
+    return space, listed
+
+
+def matches(point: dict[str, Any], selection: dict[str, Any]) -> bool:
+    """Whether a grid point has every value of ``selection``; a key the point leaves out (no effect
+    there, e.g. lambda1 with K = 0) matches any value."""
+    return all(key not in point or point[key] == value for key, value in selection.items())
+
+
+def _flatten_selection(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(_flatten_selection(value, full))
+        else:
+            out[full] = value
+    return out
+
+
+def _parse_seeds(raw: dict, path: Path) -> list[int] | None:
+    seeds, repeats = raw.get("seeds"), raw.get("repeats")
+    if seeds is not None and repeats is not None:
+        raise ConfigError(f"{path}: give 'seeds' (a list) or 'repeats' (a count), not both")
+    if repeats is not None:
+        _check_int(repeats, "repeats", 1)
+        return list(range(repeats))
+    if seeds is None:
+        return None
+    if (not isinstance(seeds, list) or not seeds
+            or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED for s in seeds)):
+        raise ConfigError(f"seeds: must be a non-empty list of integers in [0, {MAX_SEED}], got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ConfigError(f"seeds: {repeated} repeated (a seed run twice gives the same result twice)")
+    return list(seeds)
+
+
+def _check_repeats(seeds: list[int] | None, space: dict[str, Domain], num_samples: int, scheduler: dict,
+                   search_alg: str | None) -> None:
+    if not seeds:
+        return
+    what = "seeds / repeats"
+    if SEED_KEY in space:
+        raise ConfigError(f"search_space.{SEED_KEY}: the seed is set by {what}; remove it from the search space")
+    sampled = [k for k, d in space.items() if d.kind != "grid"]
+    if sampled:
+        raise ConfigError(f"{what} need grid domains (a configuration must be the same on every seed); "
+                          f"{', '.join(sampled)} {'is' if len(sampled) == 1 else 'are'} sampled: use grid")
+    if num_samples != 1:
+        raise ConfigError(f"num_samples: must be 1 with {what} (the seeds are the repeats), got {num_samples}")
+    if search_alg is not None:
+        raise ConfigError(f"search_alg: {search_alg} cannot be combined with {what} (grid domains only)")
+    if scheduler["type"] != "none":
+        raise ConfigError(f"scheduler: {scheduler['type']} cannot be combined with {what}: early stopping would "
+                          "cut a configuration on one seed's result, and the comparisons need every configuration "
+                          "at the same epoch on every seed; set scheduler: {type: none} (README, Sweeps)")
+
+
+def _parse_baseline(raw: Any, space: dict[str, Domain], spec: "SweepSpec") -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"baseline: must map swept keys to values, e.g. {{model.aux_heads: []}}, got {raw!r}")
+    selection = _flatten_selection(raw)
+    grid_keys = [k for k, d in space.items() if d.kind == "grid"]
+    for key in selection:
+        if key not in grid_keys:
+            raise ConfigError(f"baseline: {key!r} is not a grid key of the search space{_close(key, grid_keys)}; "
+                              f"grid keys: {', '.join(grid_keys) or 'none'}")
+    found = [(cid, point) for cid, point in spec.configurations() if matches(point, selection)]
+    if not found:
+        listed = "; ".join(f"{cid}: {json.dumps(p)}" for cid, p in spec.configurations()[:12])
+        raise ConfigError(f"baseline: {json.dumps(selection)} matches no configuration of the grid "
+                          f"(a key without effect in a configuration is left out of it); configurations: {listed}")
+    if len(found) > 1:
+        listed = "; ".join(f"{cid}: {json.dumps(p)}" for cid, p in found[:12])
+        raise ConfigError(f"baseline: {json.dumps(selection)} matches {len(found)} configurations ({listed}); "
+                          "name more keys so that it picks one")
+    return selection
 
 
 def _resolve_base(base: str, sweep_file: Path) -> Path:
@@ -291,6 +460,9 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     sweep_overrides, base_overrides = _split_overrides(list(overrides))
+    for parts, _ in sweep_overrides:   # seeds / repeats on the command line replace the file's either
+        if parts[0] in ("seeds", "repeats"):
+            raw.pop("repeats" if parts[0] == "seeds" else "seeds", None)
     for parts, value in sweep_overrides:
         if parts[0] == "search_space" and len(parts) > 1:
             raw.setdefault("search_space", {})
@@ -337,10 +509,18 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     base_dict = to_dict(base_cfg)
 
     space_raw = raw.get("search_space") or {}
-    if not isinstance(space_raw, dict) or not space_raw:
-        raise ConfigError(f"{path}: 'search_space' must map at least one dotted config key to a domain")
     valid_keys = _config_keys(base_dict)
-    space: dict[str, Domain] = {}
+    listed = None
+    if raw.get("configurations") is not None:
+        if space_raw:
+            raise ConfigError(f"{path}: give 'search_space' (a grid or sampled domains) or 'configurations' "
+                              "(a list of runs), not both")
+        space_raw, (space, listed) = {}, _parse_configurations(raw["configurations"], base_dict, valid_keys)
+    elif not isinstance(space_raw, dict) or not space_raw:
+        raise ConfigError(f"{path}: 'search_space' must map at least one dotted config key to a domain "
+                          "(or 'configurations' list the runs)")
+    else:
+        space = {}
     for key, spec in space_raw.items():
         key = str(key)
         if not has_key(Config, key):
@@ -401,6 +581,14 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if search_alg == "random":
             search_alg = None
 
+    num_samples = _check_int(raw.get("num_samples", 1), "num_samples", 1)
+    seeds = _parse_seeds(raw, path)
+    _check_repeats(seeds, space, num_samples, scheduler, search_alg)
+    trial_runner = raw.get("trial_runner", "auto")
+    if trial_runner not in TRIAL_RUNNERS:
+        raise ConfigError(f"trial_runner: {trial_runner!r} is not one of {list(TRIAL_RUNNERS)}"
+                          f"{_close(str(trial_runner), list(TRIAL_RUNNERS))}")
+
     name = raw.get("name") or path.stem
     from platform.runtime import check_run_name
 
@@ -408,7 +596,7 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     storage_path = str(raw.get("storage_path", "runs/sweeps"))
     if "://" not in storage_path:   # trials run elsewhere (Ray workers): an absolute path
         storage_path = str(Path(storage_path).expanduser().resolve())
-    return SweepSpec(
+    spec = SweepSpec(
         name=str(name),
         experiment_name=str(raw.get("experiment_name") or base_cfg.platform.experiment_name),
         base=str(base),
@@ -416,7 +604,7 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         search_space=space,
         metric=metric,
         mode=mode,
-        num_samples=_check_int(raw.get("num_samples", 1), "num_samples", 1),
+        num_samples=num_samples,
         max_concurrent_trials=_check_int(raw.get("max_concurrent_trials"), "max_concurrent_trials", 1,
                                          allow_none=True),
         resources=dict(resources),
@@ -425,4 +613,14 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         storage_path=storage_path,
         source=str(path),
         raw=raw,
+        seeds=seeds,
+        trial_runner=trial_runner,
+        listed=listed,
     )
+    if listed is not None:
+        points = spec.grid_points()
+        if len(points) < len(listed):
+            raise ConfigError(f"configurations: {len(listed)} listed but only {len(points)} distinct runs (two of "
+                              "them differ only in keys without effect there, e.g. lambda1 with no auxiliary head)")
+    spec.baseline = _parse_baseline(raw.get("baseline"), space, spec)
+    return spec

@@ -9,6 +9,16 @@ Artifacts of the parent run:
     summary/best_config.yaml                  the full config of the best trial
     plots/<metric>_vs_<key>.png               the metric (last evaluation) against each swept key
     plots/coco_AP_over_epochs.png             coco/AP after every evaluated epoch, one line per trial
+
+With repeats (seeds), also (:mod:`platform.sweep_comparisons`, :mod:`platform.sweep_plots`):
+
+    summary/results.md                        first the statistics: per configuration mean, std and 95%
+                                              t-interval, the paired difference with the baseline, the
+                                              effect of each swept value; then the trials
+    summary/configurations.csv, summary/key_effects.csv   the same tables as CSV
+    metrics stats/<config id>/mean, /ci_low, /ci_high, /n
+    plots/differences_vs_baseline.png         each configuration minus the baseline, with its interval
+    (and the plots above with error bars / bands per configuration)
 """
 from __future__ import annotations
 
@@ -21,7 +31,8 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from platform.sweep_tracking import END_TAG, TRIAL_ID_TAG, VALUES_TAG, children
+from platform.sweep_tracking import (CONFIG_ID_TAG, CONFIG_LABEL_TAG, END_TAG, SEED_TAG, TRIAL_ID_TAG, VALUES_TAG,
+                                     children)
 
 CURVE_METRIC = "coco/AP"
 
@@ -40,6 +51,13 @@ class TrialRow:
     extra: dict[str, float]        # a few more final metrics (coco/AP50, train/loss)
     curve: list[tuple[int, float]]  # (epoch, coco/AP)
     history: list[tuple[int, float]] = field(default_factory=list)   # (epoch, metric)
+    config_id: str = ""            # the configuration (its repeats share it); "" for runs without the tag
+    seed: int | None = None        # train.seed of the trial
+    config_label: str = ""         # the configuration's swept values, without the seed
+
+    @property
+    def ran_to_the_end(self) -> bool:
+        return self.end in ("finished", "max_epochs")
 
     def metric_at(self, epoch: int) -> float | None:
         return dict(self.history).get(epoch)
@@ -98,14 +116,19 @@ def collect_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, keys
             curve = by_epoch
         else:
             curve = _epoch_curve(client, run.info.run_id, CURVE_METRIC, epochs) if CURVE_METRIC in m else []
+        tags = run.data.tags
+        seed = tags.get(SEED_TAG, run.data.params.get("train.seed"))
         rows.append(TrialRow(
             trial=run.info.run_name, run_id=run.info.run_id, status=run.info.status,
-            end=run.data.tags.get(END_TAG, ""), values={k: values[k] for k in keys if k in values},
+            end=tags.get(END_TAG, ""), values={k: values[k] for k in keys if k in values},
             metric=m.get(metric), best=best,
             epochs=int(max(d.value for d in done)) if done else None,
             iterations=max(d.step for d in done) if done else None,
             extra={k: m[k] for k in ("coco/AP50", "train/loss") if k in m},
-            curve=curve, history=by_epoch))
+            curve=curve, history=by_epoch,
+            config_id=tags.get(CONFIG_ID_TAG) or tags.get(VALUES_TAG, run.info.run_id),
+            seed=int(seed) if seed not in (None, "") else None,
+            config_label=tags.get(CONFIG_LABEL_TAG, run.info.run_name)))
     sign = -1.0 if mode == "max" else 1.0
     rows.sort(key=lambda r: (r.metric is None or math.isnan(r.metric), sign * (r.metric or 0.0)))
     return rows
@@ -171,112 +194,67 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
-def plot_metric_vs_key(rows: list[TrialRow], key: str, metric: str):
-    """Scatter of the metric against one swept key (categories for lists and strings, K for head lists)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # trials where the key had no effect (value None, e.g. lambda1 with K = 0) have no x position
-    points = [(r.values.get(key), r.metric, r.end) for r in rows
-              if r.metric is not None and r.values.get(key) is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v, _, _ in points)
-    if numeric:
-        xs = [float(v) for v, _, _ in points]
-        ax.set_xlabel(key)
-    else:
-        labels = sorted({format_value(v) for v, _, _ in points},
-                        key=value_order)
-        if key.endswith("aux_heads"):
-            pretty = {format_value(v): f"K={len(v)}\n{format_value(v)}" for v, _, _ in points}
-            ax.set_xlabel(f"{key} (K = number of auxiliary heads)")
-        else:
-            pretty = {s: s for s in labels}
-            ax.set_xlabel(key)
-        xs = [labels.index(format_value(v)) for v, _, _ in points]
-        ax.set_xticks(range(len(labels)), [pretty[s] for s in labels])
-    for (x, (_, y, end)) in zip(xs, points):
-        ax.scatter([x], [y], marker="o" if end in ("finished", "max_epochs") else "x",
-                   color="tab:blue" if end in ("finished", "max_epochs") else "tab:red")
-    ax.set_ylabel(f"{metric} (last evaluation)")
-    ax.set_title(f"{metric} vs {key}  (o: ran to the end, x: stopped early / failed)", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
-def plot_curves(rows: list[TrialRow], keys: list[str] | None = None):
-    """coco/AP after every evaluated epoch, one line per trial; with a swept head list, one colour
-    per K (line styles tell the trials of a K apart), the legend beside the axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    heads_key = next((k for k in keys or [] if k.endswith("aux_heads")), None)
-    groups = sorted({format_value(r.values.get(heads_key)) for r in rows}, key=value_order)
-    colours = plt.get_cmap("tab10")
-    styles = ["-", "--", ":", "-."]
-    fig, ax = plt.subplots(figsize=(11, 5))
-    seen: dict[str, int] = {}
-    for i, r in enumerate(rows):
-        if not r.curve:
-            continue
-        if heads_key is None:
-            colour, style = colours(i % 10), styles[(i // 10) % len(styles)]
-        else:
-            group = format_value(r.values.get(heads_key))
-            n = seen[group] = seen.get(group, -1) + 1
-            colour, style = colours(groups.index(group) % 10), styles[n % len(styles)]
-        ax.plot([e for e, _ in r.curve], [v for _, v in r.curve], marker="o", color=colour, linestyle=style,
-                label=r.trial)
-    ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel(CURVE_METRIC)
-    title = f"{CURVE_METRIC} over epochs, every trial" + (" (colour: K)" if heads_key else "")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    if any(r.curve for r in rows):
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.subplots_adjust(left=0.07, right=0.64, bottom=0.11, top=0.92)   # the legend goes right of the axes
-    return fig
-
-
 def log_summary(tracking_uri: str, parent_run_id: str, rows: list[TrialRow], keys: list[str], metric: str,
-                best_config: dict | None, at_epochs: list[int] | tuple[int, ...] = (), mode: str = "max") -> str:
+                best_config: dict | None, at_epochs: list[int] | tuple[int, ...] = (), mode: str = "max",
+                stats=None, best: TrialRow | None = None) -> str:
     """Write the summary artifacts of ``rows`` (from :func:`collect_rows`) into the parent run.
 
-    Returns the Markdown of the results table and (with ``at_epochs``) the effects table."""
+    ``stats`` (a repeated sweep, :func:`platform.sweep_comparisons.sweep_statistics`): the per
+    configuration statistics, paired comparisons and effects go first into ``results.md`` (and
+    ``configurations.csv``, ``key_effects.csv``), the plots get error bars and bands. ``best``: the
+    trial whose config is ``best_config`` (default: the first row).
+    Returns the Markdown of ``results.md`` (plus the effects table with ``at_epochs``)."""
     import matplotlib.pyplot as plt
     import yaml
+
+    from platform.sweep_plots import plot_curves, plot_differences, plot_metric_vs_key
 
     client = MlflowClient(tracking_uri)
     header, body = table(rows, keys, metric, at_epochs)
     markdown = to_markdown(header, body)
     client.log_text(parent_run_id, to_csv(header, body), "summary/results.csv")
+    if stats is not None:
+        from platform.sweep_comparisons import configurations_table, effects_table, statistics_markdown
+
+        markdown = f"{statistics_markdown(stats)}\n### Trials\n\n{markdown}"
+        client.log_text(parent_run_id, to_csv(*configurations_table(stats)), "summary/configurations.csv")
+        client.log_text(parent_run_id, to_csv(*effects_table(stats)), "summary/key_effects.csv")
+        from platform.tracking import RunLogger
+
+        summary_metrics = {}
+        for c in stats.configs:
+            iv = stats.intervals.get(c.config_id)
+            if iv is not None:
+                summary_metrics.update({f"stats/{c.config_id}/mean": iv.mean, f"stats/{c.config_id}/n": iv.n})
+                if iv.low is not None:
+                    summary_metrics.update({f"stats/{c.config_id}/ci_low": iv.low,
+                                            f"stats/{c.config_id}/ci_high": iv.high})
+        RunLogger(tracking_uri, parent_run_id).log_metrics(summary_metrics, step=0)
+        if stats.baseline is not None:
+            client.set_tag(parent_run_id, "sweep.baseline_id", stats.baseline.config_id)
     client.log_text(parent_run_id, markdown, "summary/results.md")
     if at_epochs:
         effect_md = to_markdown(*effects(rows, keys, metric, at_epochs[0], mode))
         client.log_text(parent_run_id, effect_md, "summary/effects.md")
         markdown += f"\nBy swept value, after epoch {at_epochs[0]} (every trial got there):\n\n{effect_md}"
-    for key in keys:
-        fig = plot_metric_vs_key(rows, key, metric)
+    figures = [(plot_metric_vs_key(rows, key, metric, stats), f"plots/{_safe(metric)}_vs_{_safe(key)}.png")
+               for key in keys]
+    figures.append((plot_curves(rows, keys, stats), f"plots/{_safe(CURVE_METRIC)}_over_epochs.png"))
+    if stats is not None and stats.versus_baseline:
+        figures.append((plot_differences(stats), "plots/differences_vs_baseline.png"))
+    for fig, path in figures:
         try:
-            client.log_figure(parent_run_id, fig, f"plots/{_safe(metric)}_vs_{_safe(key)}.png")
+            client.log_figure(parent_run_id, fig, path)
         finally:
             plt.close(fig)
-    fig = plot_curves(rows, keys)
-    try:
-        client.log_figure(parent_run_id, fig, f"plots/{_safe(CURVE_METRIC)}_over_epochs.png")
-    finally:
-        plt.close(fig)
-    best = rows[0] if rows and rows[0].metric is not None else None
+    if best is None:
+        best = rows[0] if rows and rows[0].metric is not None else None
     if best is not None:
         client.log_metric(parent_run_id, f"best/{metric}", best.metric)
         client.set_tag(parent_run_id, "sweep.best_trial", best.trial)
         client.set_tag(parent_run_id, "sweep.best_run_id", best.run_id)
+        if best.config_id:
+            client.set_tag(parent_run_id, "sweep.best_config_id", best.config_id)
         if best_config is not None:
             client.log_text(parent_run_id, yaml.safe_dump(best_config, sort_keys=False), "summary/best_config.yaml")
     counts: dict[str, int] = {}

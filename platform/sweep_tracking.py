@@ -3,7 +3,8 @@
 The parent run is created by the sweep driver and carries the tag ``platform.run_name`` = the sweep
 name (running the sweep again with ``--resume`` reopens it). Each trial's driver function creates
 (or, after a resume, reopens) its child run, tagged ``mlflow.parentRunId`` = parent,
-``sweep.trial_id`` and ``sweep.values`` (the sampled values as JSON), and logs the same params and
+``sweep.trial_id``, ``sweep.values`` (the sampled values as JSON), ``sweep.config_id`` /
+``sweep.config`` (its configuration, shared by its repeats) and ``sweep.seed``, and logs the same params and
 config artifact as a single run; the Ray Train workers log metrics and artifacts into it by id.
 
 Who ends a child run: the trial function marks it FINISHED (``sweep.end = finished``) when its
@@ -27,6 +28,9 @@ TRIAL_ID_TAG = "sweep.trial_id"
 VALUES_TAG = "sweep.values"
 SWEEP_TAG = "sweep.name"
 END_TAG = "sweep.end"          # finished | max_epochs | stopped_early | failed | interrupted
+CONFIG_ID_TAG = "sweep.config_id"   # the trial's configuration (c1, c2, ...: its repeats share it)
+CONFIG_LABEL_TAG = "sweep.config"   # the configuration's swept values, readable (no seed)
+SEED_TAG = "sweep.seed"             # the trial's train.seed
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 
 

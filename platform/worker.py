@@ -11,6 +11,11 @@ MLflow and prints a progress line; after every epoch all ranks call ``ray.train.
 (with a checkpoint folder from rank 0 when one was written), and rank 0 logs coco/* metrics,
 the best / last checkpoints, the loss-curve plot and drawn validation images.
 
+A single-worker sweep trial runs the same function inside its Tune trial's process
+(:class:`platform.train_session.TuneTrialSession`: ``ray.tune.report`` instead of
+``ray.train.report``); as a sweep trial (``make_loop_config(..., sweep_trial=True)``) it draws the
+loss-curve plot once, at the end, instead of after every evaluation.
+
 MLflow: the run is created by the driver and logged into by id (``mlflow_run_id``); with no
 id the worker's rank 0 creates the run itself and ends it (FINISHED, FAILED or KILLED).
 """
@@ -31,13 +36,15 @@ FINAL_FLUSH_S = 0.0    # at the end rank 0 tries its spool once more; the driver
 
 
 def make_loop_config(cfg_dict: dict, *, tracking_uri: str, mlflow_run_id: str | None = None,
-                     experiment_name: str | None = None, resume_from: str | None = None) -> dict:
+                     experiment_name: str | None = None, resume_from: str | None = None,
+                     sweep_trial: bool = False) -> dict:
     """The ``train_loop_config`` of :func:`train_loop_per_worker` (plain, picklable values).
 
-    ``cfg_dict`` is ``to_dict(cfg)`` with paths already absolute (workers run elsewhere).
+    ``cfg_dict`` is ``to_dict(cfg)`` with paths already absolute (workers run elsewhere);
+    ``sweep_trial``: the loss-curve plot only at the end (the sweep's summary compares the trials).
     """
     return {"config": cfg_dict, "tracking_uri": tracking_uri, "mlflow_run_id": mlflow_run_id,
-            "experiment_name": experiment_name, "resume_from": resume_from}
+            "experiment_name": experiment_name, "resume_from": resume_from, "sweep_trial": sweep_trial}
 
 
 def say(line: str) -> None:
@@ -60,28 +67,28 @@ def progress_line(run_name: str, record) -> str:
             f"ETA {_format_eta(record.eta_s)}")
 
 
-def _build_loaders(cfg, train_ds, val_ds, collate_fn, rank: int, world_size: int):
-    from ray.train.torch import prepare_data_loader
-    from torch.utils.data import DataLoader
+def _build_loaders(cfg, train_ds, val_ds, collate_fn, session):
+    """Training and validation loaders; the training order depends on ``train.seed`` (and the epoch)."""
+    from torch.utils.data import DataLoader, DistributedSampler
 
     from codetr.data.build import group_sampler
 
-    workers = cfg.data.num_workers
+    workers, rank, world_size = cfg.data.num_workers, session.rank, session.world_size
     if cfg.data.group_by_aspect_ratio:
         # batches of one orientation, sharded over the workers by the sampler itself (official GroupSampler)
         sampler = group_sampler(train_ds, cfg.data.batch_size, seed=cfg.train.seed, num_replicas=world_size,
                                 rank=rank)
-        train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
-                                  num_workers=workers, collate_fn=collate_fn)
-        train_loader = prepare_data_loader(train_loader, add_dist_sampler=False, move_to_device=False)
-    else:
-        train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=workers, collate_fn=collate_fn)
-        train_loader = prepare_data_loader(train_loader, move_to_device=False)
+    elif world_size > 1:   # Ray's own DistributedSampler would shuffle with seed 0 whatever train.seed says
+        sampler = DistributedSampler(train_ds, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.train.seed)
+    else:                  # the global RNG, seeded with train.seed (and checkpointed with the run)
+        sampler = None
+    train_loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, shuffle=sampler is None,
+                              drop_last=True, num_workers=workers, collate_fn=collate_fn)
+    train_loader = session.prepare_loader(train_loader, add_dist_sampler=False)
     val_loader = DataLoader(val_ds, batch_size=cfg.data.eval_batch_size, shuffle=False, drop_last=False,
                             num_workers=workers, collate_fn=collate_fn)
     # DistributedSampler per worker; batches are moved to the device by the loop
-    val_loader = prepare_data_loader(val_loader, move_to_device=False)
+    val_loader = session.prepare_loader(val_loader, add_dist_sampler=True)
     return train_loader, val_loader
 
 
@@ -102,15 +109,13 @@ def _init_from(model, cfg, category_names: list[str], rank: int, run_name: str, 
             logger.set_tags({"platform.init_from": str(cfg.model.init_from)})
 
 
-def _load_start_checkpoint(resume_from: str | None, warn) -> tuple[dict | None, str | None]:
+def _load_start_checkpoint(resume_from: str | None, warn, session) -> tuple[dict | None, str | None]:
     """The checkpoint to start from: this run's latest readable one (Ray; an unreadable one is named
     and the previous one tried, see :mod:`platform.checkpoints`), else ``resume_from``, else none."""
-    import ray.train
-
     from codetr.engine import load_checkpoint
     from platform.checkpoints import load_with_fallback
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.checkpoint()
     if checkpoint is not None:
         state, used = load_with_fallback(checkpoint, warn)
         return state, f"ray:{used.path}"
@@ -132,26 +137,25 @@ def record_restart(logger, iteration: int, source: str) -> int:
     return count
 
 
-def train_report(epoch: int, iteration: int, finished: bool, metrics: dict[str, float]) -> dict[str, Any]:
+def train_report(epoch: int, iteration: int, finished: bool, metrics: dict[str, float],
+                 placement_group_id: str | None = None) -> dict[str, Any]:
     """What ``ray.train.report`` gets after an epoch (Tune schedulers and Ray's result see it): the
     position, the headline metrics (not the per-class APs) and the workers' placement group."""
-    from ray.util import get_current_placement_group
-
     out: dict[str, Any] = {"epoch": epoch, "iteration": iteration, "finished": finished}
     out.update({k: v for k, v in metrics.items() if (k.startswith("coco/") and k.count("/") == 1) or k == "train/loss"})
-    group = get_current_placement_group()
-    if group is not None:   # a sweep releases the group of a trial it stops (platform.sweep_resources)
-        out["placement_group_id"] = group.id.hex()
+    if placement_group_id is not None:   # a sweep releases the group of a trial it stops (platform.sweep_resources)
+        out["placement_group_id"] = placement_group_id
     return out
 
 
 class _Reporter:
     """The loop hooks of the platform: MLflow (rank 0), progress lines (rank 0), ray.train.report (all)."""
 
-    def __init__(self, cfg, logger, rank: int, category_names: list[str], run_name: str):
-        self.cfg, self.logger, self.rank = cfg, logger, rank
+    def __init__(self, cfg, logger, session, category_names: list[str], run_name: str, sweep_trial: bool = False):
+        self.cfg, self.logger, self.session, self.rank = cfg, logger, session, session.rank
         self.category_names = category_names
         self.run_name = run_name
+        self.sweep_trial = sweep_trial
         self.scratch = Path(tempfile.mkdtemp(prefix="codetr_artifacts_"))
 
     def on_log(self, record) -> None:
@@ -160,9 +164,6 @@ class _Reporter:
         say(progress_line(self.run_name, record))
 
     def on_epoch_end(self, report) -> None:
-        import ray.train
-        from ray.train import Checkpoint
-
         if self.rank == 0:
             coco = {k: v for k, v in report.metrics.items() if k.startswith("coco/")}
             if report.evaluated and coco:
@@ -172,9 +173,8 @@ class _Reporter:
                     f"(iter {report.iteration}): {line}")
             if self.logger is not None:
                 self._log_epoch(report, coco)
-        checkpoint = Checkpoint.from_directory(str(report.checkpoint_dir)) if report.checkpoint_dir else None
-        ray.train.report(train_report(report.epoch, report.iteration, report.finished, report.metrics),
-                         checkpoint=checkpoint)
+        self.session.report(train_report(report.epoch, report.iteration, report.finished, report.metrics,
+                                         self.session.placement_group_id()), report.checkpoint_dir)
 
     def _log_epoch(self, report, coco: dict[str, float]) -> None:
         from codetr.engine import CHECKPOINT_FILE
@@ -191,7 +191,7 @@ class _Reporter:
                 self.logger.log_file_as(file, "checkpoints", "best.pt")
             if report.finished:
                 self.logger.log_file_as(file, "checkpoints", "last.pt")
-        if report.evaluated or report.finished:
+        if report.finished or (report.evaluated and not self.sweep_trial):
             self._log_plot()
         if report.samples:
             self._log_samples(report.samples)
@@ -226,8 +226,15 @@ class _Reporter:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train worker entry point; ``config`` comes from :func:`make_loop_config`."""
-    import ray.train
-    import ray.train.torch
+    from platform.train_session import RayTrainSession
+
+    run_worker(config, RayTrainSession())
+
+
+def run_worker(config: dict[str, Any], session) -> None:
+    """Train one worker's share of a run: ``session`` (:mod:`platform.train_session`) says where the
+    run gets its rank, device, checkpoint and reports; ``config`` comes from :func:`make_loop_config`."""
+    import ray
 
     from codetr import build_model
     from codetr.config import config_from_dict
@@ -240,11 +247,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     console.configure_worker()   # Ray Train's per-report lines hidden unless --verbose
     cfg = config_from_dict(config["config"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank, world_size = session.rank, session.world_size
     torch.set_num_threads(cfg.platform.cpus_per_worker)
     seed_everything(cfg.train.seed + rank)
-    run_name = cfg.platform.run_name or context.get_experiment_name()
+    run_name = cfg.platform.run_name or session.experiment_name
 
     # rank 0 owns the MLflow logging; it creates the run only when the caller did not
     logger, owns_run = None, False
@@ -263,7 +269,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     try:
         train_ds = build_dataset(cfg, "train")
         val_ds = build_dataset(cfg, "val")
-        train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn, rank, world_size)
+        train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn, session)
         iters_per_epoch = len(train_loader)
         if iters_per_epoch == 0:
             raise ValueError(f"the training set ({len(train_ds)} images) gives no full batch of "
@@ -271,7 +277,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         model = build_model(cfg, num_classes=train_ds.num_classes)
         fallbacks: list[str] = []
-        state, source = _load_start_checkpoint(config.get("resume_from"), fallbacks.append)
+        state, source = _load_start_checkpoint(config.get("resume_from"), fallbacks.append, session)
         if rank == 0:
             for line in fallbacks:
                 say(f"{PROGRESS_PREFIX} {run_name}  WARNING: {line}")
@@ -279,9 +285,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model.load_state_dict(state["model"])
         elif cfg.model.init_from:
             _init_from(model, cfg, list(train_ds.category_names), rank, run_name, logger)
-        model = ray.train.torch.prepare_model(
-            model, parallel_strategy_kwargs={"find_unused_parameters": cfg.platform.find_unused_parameters})
-        device = ray.train.torch.get_device()
+        model = session.prepare_model(model, find_unused_parameters=cfg.platform.find_unused_parameters)
+        device = session.device()
         optimizer = build_optimizer(model, cfg.train)
         scheduler = build_lr_scheduler(optimizer, cfg.train, iters_per_epoch)
         start_epoch = start_iteration = 0
@@ -314,10 +319,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from platform.system_metrics import start_monitor
 
         monitor = start_monitor(tracking_uri, run_id, cfg.platform.system_metrics_interval,
-                                local_rank=context.get_local_rank(), node_rank=context.get_node_rank(),
+                                local_rank=session.local_rank, node_rank=session.node_rank,
                                 num_nodes=num_nodes)
 
-        reporter = _Reporter(cfg, logger, rank, list(train_ds.category_names), run_name)
+        reporter = _Reporter(cfg, logger, session, list(train_ds.category_names), run_name,
+                             sweep_trial=bool(config.get("sweep_trial")))
         loop = TrainLoop(
             model, optimizer, scheduler, train_loader, cfg, device=device, iters_per_epoch=iters_per_epoch,
             val_loader=val_loader, make_evaluator=lambda: CocoEvaluator(val_ds),
@@ -338,7 +344,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # nothing to train, but the caller (e.g. a Tune trial) still gets the final result
             if rank == 0:
                 say(f"{PROGRESS_PREFIX} {run_name}  already at the end of its schedule: reporting its final result")
-            ray.train.report(train_report(loop.epoch, loop.iteration, True, state.get("metrics") or {}))
+            session.report(train_report(loop.epoch, loop.iteration, True, state.get("metrics") or {},
+                                        session.placement_group_id()), None)
         else:
             loop.run()
         if logger is not None and logger.flush(wait_s=FINAL_FLUSH_S):

@@ -168,6 +168,7 @@ def test_interrupted_sweep_resumes(head):
     tracking_uri = f"sqlite:///{workdir}/mlflow.db"
     env = dict(head["env"], RAY_ADDRESS=head["gcs_address"], MLFLOW_TRACKING_URI=tracking_uri)
     args = _sweep_args(workdir, "resume", "data.batch_size=4", "max_concurrent_trials=1", "scheduler.type=none",
+                       "train.checkpoint_every=1",
                        "search_space={model.lambda1: {grid: [0.5, 1.0]}}")
     cmd = [sys.executable, "-m", "platform.sweep", *args]
     # create the store's schema now: the polling below must not race the sweep to create it
@@ -211,13 +212,16 @@ def test_interrupted_sweep_resumes(head):
 
 
 def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
-    """A config that validates but cannot train (a batch larger than the 8-image training set) fails
-    in its Ray Train worker: that child run ends FAILED with the error noted, the other trial finishes."""
+    """A config that validates but cannot train (a batch larger than the 8-image training set, without
+    the aspect-ratio grouping that would pad it) fails in its Ray Train worker: that child run ends
+    FAILED with the error noted, the other trial finishes. The trials run on Ray Train
+    (``trial_runner=ray_train``; the other sweeps here train inline, in their Tune trial's process)."""
     workdir = head["workdir"]
     tracking_uri = f"sqlite:///{workdir}/mlflow.db"
     env = dict(head["env"], RAY_ADDRESS=head["gcs_address"], MLFLOW_TRACKING_URI=tracking_uri)
     args = _sweep_args(workdir, "failing", "scheduler.type=none", "train.epochs=1", "train.lr_steps=[1]",
-                       "search_space={data.batch_size: {grid: [4, 16]}}")
+                       "search_space={data.batch_size: {grid: [4, 16]}}", "data.group_by_aspect_ratio=false",
+                       "trial_runner=ray_train")
     proc = subprocess.run([sys.executable, "-m", "platform.sweep", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     output = proc.stdout[-8000:] + proc.stderr[-4000:]
@@ -235,3 +239,85 @@ def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
     table = client.download_artifacts(parent.info.run_id, "summary/results.csv", str(workdir))
     rows = Path(table).read_text().splitlines()[1:]
     assert [r.split(",")[2] for r in rows] == ["4", "16"] and rows[1].split(",")[-2] == "failed"
+
+
+def test_repeated_sweep_statistics_and_report(head):
+    """2 seeds x 3 configurations (K = 0, K = 1, and K = 0 again with no drawn validation image, which
+    must not change training), ranked by train/loss: the same seed gives bitwise the same losses, the
+    summary's intervals and paired differences are the ones computed here from the child runs, and
+    ``platform.report`` sets the K rows beside the paper's."""
+    from scipy import stats as scipy_stats
+
+    workdir = head["workdir"]
+    tracking_uri = f"sqlite:///{workdir}/mlflow.db"
+    env = dict(head["env"], RAY_ADDRESS=head["gcs_address"], MLFLOW_TRACKING_URI=tracking_uri)
+    configurations = ("configurations=[{model.aux_heads: []}, {model.aux_heads: [atss]}, "
+                      "{model.aux_heads: [], platform.num_val_images: 0}]")
+    args = _sweep_args(workdir, "repeats", "search_space=null", configurations, "seeds=[0, 1]",
+                       "baseline={model.aux_heads: [], platform.num_val_images: 1}", "scheduler.type=none",
+                       "metric=train/loss", "mode=min")
+    proc = subprocess.run([sys.executable, "-m", "platform.sweep", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    output = proc.stdout[-8000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, output
+    client, parent, children = _parent_and_children(tracking_uri, "repeats")
+    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}, output
+    by = {(c.data.tags["sweep.config_id"], int(c.data.tags["sweep.seed"])): c for c in children}
+    assert sorted(by) == [(f"c{i}", s) for i in (1, 2, 3) for s in (0, 1)]
+    for (config_id, seed), child in by.items():
+        assert child.data.params["train.seed"] == str(seed)
+        assert child.info.run_name.endswith(f"seed={seed}")
+        assert child.data.tags["sweep.config"] == {"c1": "K=0[] num_val_images=1", "c2": "K=1[atss] num_val_images=1",
+                                                   "c3": "K=0[] num_val_images=0"}[config_id]
+
+    def losses(config_id, seed):
+        history = client.get_metric_history(by[(config_id, seed)].info.run_id, "train/loss")
+        return [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)]
+
+    # same seed, same config (up to what it draws after training): bitwise the same run, whichever
+    # process of the reused trial actors ran it; another seed: another run
+    for seed in (0, 1):
+        assert losses("c1", seed) == losses("c3", seed) and len(losses("c1", seed)) >= 4
+    assert losses("c1", 0) != losses("c1", 1)
+
+    final = {key: child.data.metrics["train/loss"] for key, child in by.items()}
+
+    def t_ci(values):
+        mean, sd = sum(values) / len(values), scipy_stats.tstd(values)
+        half = scipy_stats.t.ppf(0.975, len(values) - 1) * sd / len(values) ** 0.5
+        return mean, mean - half, mean + half
+
+    table = client.download_artifacts(parent.info.run_id, "summary/configurations.csv", str(workdir))
+    import csv
+    rows = {r["config"].split()[0]: r for r in csv.DictReader(open(table))}
+    for config_id in ("c1", "c2", "c3"):
+        mean, low, high = t_ci([final[(config_id, 0)], final[(config_id, 1)]])
+        assert float(rows[config_id]["mean train/loss"]) == pytest.approx(mean, abs=1e-4)
+        assert rows[config_id]["95% CI"] == f"[{low:.4f}, {high:.4f}]"
+        assert parent.data.metrics[f"stats/{config_id}/mean"] == pytest.approx(mean, rel=1e-9)
+    assert rows["c1"]["config"] == "c1 (baseline)"
+    diff_mean, diff_low, diff_high = t_ci([final[("c2", s)] - final[("c1", s)] for s in (0, 1)])
+    assert float(rows["c2"]["diff vs c1 (paired)"]) == pytest.approx(diff_mean, abs=1e-4)
+    assert rows["c2"]["95% CI of diff"] == f"[{diff_low:.4f}, {diff_high:.4f}]"
+    assert rows["c2"]["excludes 0"] == ("yes" if diff_low > 0 or diff_high < 0 else "no")
+    assert rows["c3"]["diff vs c1 (paired)"] == "0.0000" and rows["c3"]["excludes 0"] == "no"
+    artifacts = _artifacts(client, parent.info.run_id)
+    for path in ("summary/results.md", "summary/key_effects.csv", "plots/differences_vs_baseline.png",
+                 "plots/train_loss_vs_model.aux_heads.png", "plots/coco_AP_over_epochs.png"):
+        assert path in artifacts, artifacts
+    results = Path(client.download_artifacts(parent.info.run_id, "summary/results.md", str(workdir))).read_text()
+    assert results.startswith("### Configurations over seeds [0, 1]") and "### Trials" in results
+
+    out = workdir / "report_repeats"
+    proc = subprocess.run([sys.executable, "-m", "platform.report", "repeats", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = (out / "report.md").read_text()
+    assert "## K auxiliary heads" in report and (out / "paper_vs_toy.png").is_file()
+    k1 = next(line for line in report.splitlines() if line.startswith("| K=1 (ATSS) | 48.7 | +1.6 | c2 | 2 |"))
+    # mode min: a lower loss is the paper's direction (a higher AP)
+    assert ("| agrees |" in k1) == (diff_mean < 0) and ("yes (CI excludes 0)" in k1) == (diff_low > 0 or diff_high < 0)
+    assert "report/report.md" in _artifacts(client, parent.info.run_id)
+    missing = subprocess.run([sys.executable, "-m", "platform.report", "no_such_sweep"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no sweep named 'no_such_sweep'" in missing.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -164,9 +165,118 @@ def test_dry_run_lists_the_trials_without_starting_ray(capsys):
 
     assert main([str(TINY), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    listed = [line.split(". ", 1)[1] for line in out.splitlines() if line.strip()[:1].isdigit()]
+    listed = [m.group(2) for m in re.finditer(r"^\s+(c\d+)\. (.*)$", out, re.MULTILINE)]
     assert len(listed) == 18 and len(set(listed)) == 18
     assert listed[:2] == ["K=0[] num_queries=30", "K=0[] num_queries=50"]
     assert "K=2[atss+faster_rcnn] lambda1=0.5 lambda2=2 num_queries=50" in listed
     assert main([str(TINY), "--dry-run", "search_space.model.lamda1={grid: [1.0]}"]) == 2
     assert "'model.lamda1' is not a config key (did you mean 'model.lambda1'?)" in capsys.readouterr().err
+
+
+HEADS_GRID = {"model.aux_heads": {"grid": [[], ["atss"]]}, "model.lambda1": {"grid": [0.5, 1.0]}}
+
+
+def test_repeats_run_every_configuration_once_per_seed_seed_major(tmp_path):
+    from platform.sweep_spec import CONFIG_ID_KEY, SEED_KEY
+
+    spec = parse_sweep(_write(tmp_path, search_space=HEADS_GRID, seeds=[3, 7],
+                              baseline={"model.aux_heads": []}))
+    assert spec.seeds == [3, 7] and spec.num_trials() == 3 * 2
+    assert spec.configurations() == [("c1", {"model.aux_heads": []}),
+                                     ("c2", {"model.aux_heads": ["atss"], "model.lambda1": 0.5}),
+                                     ("c3", {"model.aux_heads": ["atss"], "model.lambda1": 1.0})]
+    points = spec.trial_points()
+    assert [(p[CONFIG_ID_KEY], p[SEED_KEY]) for p in points] == [("c1", 3), ("c2", 3), ("c3", 3),
+                                                                 ("c1", 7), ("c2", 7), ("c3", 7)]
+    assert spec.baseline_id() == "c1"
+    # the seed reaches the trial's config as train.seed; names show it
+    from platform.sweep import naming_values, trial_identity
+
+    config = {GRID_KEY: points[4]}
+    assert trial_identity(config) == ("c2", 7)
+    assert trial_label(naming_values(config, spec.keys)) == "K=1[atss] lambda1=0.5 seed=7"
+    assert parse_sweep(_write(tmp_path, search_space=HEADS_GRID, repeats=3)).seeds == [0, 1, 2]
+    # the command line's seeds / repeats replace the file's
+    assert parse_sweep(_write(tmp_path, search_space=HEADS_GRID, repeats=3), ["seeds=[5]"]).seeds == [5]
+    assert parse_sweep(_write(tmp_path, search_space=HEADS_GRID, seeds=[1]), ["repeats=2"]).seeds == [0, 1]
+    assert parse_sweep(_write(tmp_path, search_space=HEADS_GRID)).trial_points()[0] == {
+        "model.aux_heads": [], CONFIG_ID_KEY: "c1"}
+
+
+def test_a_baseline_key_without_effect_in_a_configuration_matches_it(tmp_path):
+    spec = parse_sweep(_write(tmp_path, search_space=HEADS_GRID, repeats=2,
+                              baseline={"model.aux_heads": [], "model.lambda1": 1.0}))
+    assert spec.baseline_id() == "c1"
+    nested = parse_sweep(_write(tmp_path, search_space=HEADS_GRID, repeats=2),
+                         ["baseline.model.aux_heads=[atss]", "baseline.model.lambda1=1.0"])
+    assert nested.baseline == {"model.aux_heads": ["atss"], "model.lambda1": 1.0} and nested.baseline_id() == "c3"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"seeds": [0, 1], "repeats": 2}, "give 'seeds' (a list) or 'repeats' (a count), not both"),
+    ({"seeds": []}, "seeds: must be a non-empty list of integers"),
+    ({"seeds": [0, "1"]}, "seeds: must be a non-empty list of integers"),
+    ({"seeds": [0, -1]}, "seeds: must be a non-empty list of integers"),
+    ({"seeds": 3}, "seeds: must be a non-empty list of integers"),
+    ({"seeds": [0, 1, 1]}, "seeds: [1] repeated"),
+    ({"repeats": 0}, "repeats: must be an integer >= 1"),
+    ({"repeats": 2, "scheduler": {"type": "asha"}}, "scheduler: asha cannot be combined with seeds / repeats"),
+    ({"repeats": 2, "num_samples": 2}, "num_samples: must be 1 with seeds / repeats"),
+    ({"repeats": 2, "search_space": {"train.lr": {"uniform": [1e-4, 1e-3]}}}, "train.lr is sampled: use grid"),
+    ({"repeats": 2, "search_space": {"train.seed": {"grid": [0, 1]}}}, "search_space.train.seed: the seed is set"),
+    ({"baseline": {"model.aux_head": []}}, "baseline: 'model.aux_head' is not a grid key of the search space "
+                                           "(did you mean 'model.aux_heads'?)"),
+    ({"baseline": {"model.aux_heads": ["fcos"]}}, 'baseline: {"model.aux_heads": ["fcos"]} matches no configuration'),
+    ({"baseline": {"model.lambda1": 0.5}}, "matches 2 configurations (c1: "),
+    ({"baseline": []}, "baseline: must map swept keys to values"),
+    ({"trial_runner": "train"}, "trial_runner: 'train' is not one of ['auto', 'ray_train']"),
+    ({"seed": [0, 1]}, "unknown sweep field 'seed' (did you mean 'seeds'?)"),
+])
+def test_bad_repeats_and_baselines_name_the_problem(tmp_path, fields, message):
+    fields = {"search_space": HEADS_GRID, **fields}
+    with pytest.raises(ConfigError) as info:
+        parse_sweep(_write(tmp_path, **fields))
+    assert message in str(info.value)
+
+
+def test_single_worker_trials_run_inline_unless_asked_for_ray_train(tmp_path):
+    assert parse_sweep(_write(tmp_path)).uses_inline_trials()
+    assert not parse_sweep(_write(tmp_path, trial_runner="ray_train")).uses_inline_trials()
+    assert not parse_sweep(_write(tmp_path, resources={"num_workers": 2})).uses_inline_trials()
+
+
+def test_dry_run_names_the_baseline_and_the_seeds(capsys):
+    from platform.sweep import main
+
+    assert main([str(REPO / "experiments" / "ablation_tiny.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(baseline)" in out and "seed(s) [0, 1, 2]" in out
+
+
+def test_configurations_list_the_runs_one_factor_at_a_time(tmp_path):
+    spec = parse_sweep(_write(tmp_path, search_space=None, repeats=2, baseline={"model.aux_heads": []},
+                              configurations=[{"model.aux_heads": []}, {"model.lambda1": 0.25},
+                                              {"model.aux_heads": ["atss"], "model.lambda2": 1.0}]))
+    assert spec.keys == ["model.aux_heads", "model.lambda1", "model.lambda2"]
+    # keys a configuration does not name keep the base config's value (codetr_tiny: K = 2, 1.0, 2.0)
+    assert [p for _, p in spec.configurations()] == [
+        {"model.aux_heads": []},
+        {"model.aux_heads": ["atss", "faster_rcnn"], "model.lambda1": 0.25, "model.lambda2": 2.0},
+        {"model.aux_heads": ["atss"], "model.lambda1": 1.0, "model.lambda2": 1.0}]
+    assert spec.num_grid_combinations() == 3 and spec.num_trials() == 6 and spec.baseline_id() == "c1"
+    shipped = parse_sweep(REPO / "experiments" / "ablation_tiny.yaml")
+    assert shipped.num_trials() == 15 and shipped.seeds == [0, 1, 2] and shipped.scheduler == {"type": "none"}
+
+
+@pytest.mark.parametrize("configurations, message", [
+    ([], "configurations: must be a non-empty list of mappings"),
+    ([{"model.lamda1": 0.5}], "configurations[1]: 'model.lamda1' is not a config key (did you mean 'model.lambda1'?)"),
+    ([{"model.lambda1": -1.0}], 'configurations[1] {"model.lambda1": -1.0} gives an invalid config'),
+    ([{"model.aux_heads": []}, {"model.aux_heads": [], "model.lambda1": 0.5}], "2 listed but only 1 distinct runs"),
+])
+def test_bad_configurations_name_the_problem(tmp_path, configurations, message):
+    with pytest.raises(ConfigError) as info:
+        parse_sweep(_write(tmp_path, search_space=None, configurations=configurations))
+    assert message in str(info.value)
+    with pytest.raises(ConfigError, match="not both"):
+        parse_sweep(_write(tmp_path, configurations=[{"model.lambda1": 0.5}]))
