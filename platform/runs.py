@@ -4,6 +4,10 @@
     python -m platform.runs close RUN [RUN ...]          mark them FAILED, with a tag saying why
     python -m platform.runs resume RUN                   print the command that continues RUN
     python -m platform.runs upload SPOOL                 send a spool of MLflow calls (see platform.spool)
+    python -m platform.runs log-model RUN CHECKPOINT [--register NAME]
+                                                         log a checkpoint's deployable model to RUN (what a
+                                                         run does at its end; for one that ended while
+                                                         MLflow was unreachable)
 
 RUN is an MLflow run id or a ``platform.run_name``. The tracking URI is ``--tracking-uri``, else
 ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the working directory (as platform.train).
@@ -170,6 +174,22 @@ def _cmd_upload(client, args) -> int:
     return 0
 
 
+def _cmd_log_model(client, args) -> int:
+    from pathlib import Path
+
+    from platform.mlflow_model import log_deployable_model
+
+    if not Path(args.checkpoint).exists():
+        print(f"no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 2
+    run = find(client, args.run)
+    model = log_deployable_model(args.resolved_uri, run.info.run_id, args.checkpoint, register=args.register,
+                                 checkpoint_uri=str(args.checkpoint))
+    print(f"MLflow model {model.model_uri}" + (f", registered as {model.registered_uri}" if model.registered_uri
+                                               else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m platform.runs", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -190,12 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     uploading = sub.add_parser("upload", help="send a spool of MLflow calls to the tracking store",
                                parents=[common])
     uploading.add_argument("spool", metavar="SPOOL")
+    logging_model = sub.add_parser("log-model", help="log a checkpoint's deployable model to a run",
+                                   parents=[common])
+    logging_model.add_argument("run", metavar="RUN")
+    logging_model.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint folder or file")
+    logging_model.add_argument("--register", metavar="NAME", help="also register it in the Model Registry")
     args = parser.parse_args(argv)
     if args.command is None:
         args.command, args.all = "list", False
-    client, _ = _client(args.tracking_uri)
-    return {"list": _cmd_list, "close": _cmd_close, "resume": _cmd_resume, "upload": _cmd_upload}[args.command](
-        client, args)
+    client, args.resolved_uri = _client(args.tracking_uri)
+    commands = {"list": _cmd_list, "close": _cmd_close, "resume": _cmd_resume, "upload": _cmd_upload,
+                "log-model": _cmd_log_model}
+    return commands[args.command](client, args)
 
 
 if __name__ == "__main__":

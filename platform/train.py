@@ -124,12 +124,14 @@ def resume_command(argv: list[str], run_name: str) -> str:
 
 def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, elapsed: float,
                   checkpoint_path: str | None, argv: list[str] | None = None, *, error: str | None = None,
-                  traceback_file: str | None = None, spool: str | None = None, model=None) -> None:
+                  traceback_file: str | None = None, spool: str | None = None, model=None,
+                  model_later: str | None = None) -> None:
     """The lines a person reads at the end: outcome, metrics, checkpoint, how to continue, where to look.
 
     A resume command is offered only when there is a checkpoint to resume from; a spool that still
     holds MLflow calls (the tracking server was unreachable) is named with the command that uploads it;
-    ``model``: the run's MLflow model (:class:`platform.mlflow_model.LoggedDetector`), with how to serve it.
+    ``model``: the run's MLflow model (:class:`platform.mlflow_model.LoggedDetector`), with how to serve it;
+    ``model_later``: the command that logs it when MLflow was unreachable at the end of the run.
     """
     from mlflow.tracking import MlflowClient
 
@@ -165,6 +167,8 @@ def print_summary(status: str, run_name: str, tracking_uri: str, run_id: str, el
     if spool:
         print(f"MLflow was unreachable: its calls wait in the spool {spool}")
         print(f"Upload them once the server is back: {upload_command(spool, tracking_uri)}")
+    if model_later:
+        print(f"The model was not logged (MLflow unreachable); then log it: {model_later}")
     print(f"MLflow run id: {run_id}  (experiment {experiment_id}, tracking URI {tracking_uri})")
     if model is not None:
         from platform.mlflow_model import serve_command
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from platform.run_source import source_tags
     from platform.runs import RESUME_COMMAND, driver_tags
     from platform.runtime import build_trainer, check_run_name, default_run_name, init_ray, load_run_config
-    from platform.spool import Spool, spool_dir
+    from platform.spool import Spool, is_transient, spool_dir
     from platform.worker import make_loop_config
 
     argv = sys.argv[1:] if argv is None else argv
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     # from here on the MLflow run exists: every way out ends it FINISHED, FAILED or KILLED
     status, code, checkpoint_path, model = "FAILED", EXIT_FAILED, None, None
-    error_line = traceback_file = None
+    error_line = traceback_file = model_later = None
     checkpoint_before = latest_checkpoint(cfg.platform.storage_path, run_name)
     folder = spool_dir(cfg.platform.storage_path, run_name, run_id)
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -292,12 +296,20 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:   # the training result stands, but the run did not deliver its model
                 if args.verbose:
                     traceback.print_exc()
+                if is_transient(e) or Spool(folder).pending():   # MLflow is away: the run still finished
+                    model_later = (f"python -m platform.runs log-model {run_id} {checkpoint_path} --tracking-uri "
+                                   f"{tracking_uri}" + (f" --register {args.register}" if args.register else ""))
+                    print(f"[platform] MLflow unreachable: the model is not logged ({first_line(e)})",
+                          file=sys.stderr, flush=True)
+                    raise _ModelLater(model_later) from e
                 error_line = f"logging the model failed: {type(e).__name__}: {first_line(e)}"
                 if "://" not in cfg.platform.storage_path:
                     path = write_traceback(e, Path(cfg.platform.storage_path) / run_name)
                     traceback_file = str(path) if path else None
                 print(f"[platform] {error_line}", file=sys.stderr, flush=True)
                 status, code = "FAILED", EXIT_FAILED
+    except _ModelLater as e:
+        model_later = str(e)
     except KeyboardInterrupt:
         status, code = "KILLED", EXIT_KILLED
         print("\n[platform] interrupted: stopping the workers, the MLflow run ends KILLED", flush=True)
@@ -326,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     pending = Spool(folder).pending()
     print_summary(status, run_name, tracking_uri, run_id, time.time() - start, checkpoint_path, argv,
                   error=error_line, traceback_file=traceback_file, spool=str(folder) if pending else None,
-                  model=model)
+                  model=model, model_later=model_later)
     return code
 
 
@@ -363,6 +375,10 @@ def _end_mlflow_run(tracking_uri: str, run_id: str, status: str, spool_folder, r
             if not is_transient(e):
                 raise
     end_run_or_spool(tracking_uri, run_id, status, spool_folder)
+
+
+class _ModelLater(Exception):
+    """The run finished but MLflow was unreachable for its model: the command that logs it later."""
 
 
 class _DriverAlive(Exception):

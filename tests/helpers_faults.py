@@ -83,6 +83,28 @@ def worker_pid(driver: Driver, rank: int, start: int = 0) -> int:
     return pids[-1]
 
 
+def wait_for_step(tracking_uri: str, run_name: str, step: int, timeout: float = 300) -> None:
+    """Until rank 0 has logged ``train/loss`` at ``step`` or later: the training's progress as it happens
+    (read from the MLflow store the worker writes to; Ray forwards the workers' printed lines with a lag
+    that can exceed a tiny epoch on a busy machine)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            runs = client.search_runs(
+                [e.experiment_id for e in client.search_experiments()],
+                filter_string=f"tags.`platform.run_name` = '{run_name}'")
+            if runs and max((m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")),
+                            default=0) >= step:
+                return
+        except Exception:   # the store is being created
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_name} did not log train/loss at step {step} within {timeout} s")
+
+
 def ray_processes(kind: str) -> list[psutil.Process]:
     """This test process's Ray processes of one kind (``RayTrainWorker``, ``TrainController``): descendants
     only, never another session's."""
