@@ -105,6 +105,26 @@ def wait_for_step(tracking_uri: str, run_name: str, step: int, timeout: float = 
     raise AssertionError(f"run {run_name} did not log train/loss at step {step} within {timeout} s")
 
 
+def wait_for_checkpoint(run_folder: Path, iteration: int, timeout: float = 300) -> None:
+    """Until Ray Train's controller has registered the checkpoint of ``iteration`` (its
+    ``checkpoint_manager_snapshot.json`` in the run's folder lists it). A checkpoint a worker reported but
+    the controller has not yet collected is not resumed from: a worker lost before that restarts the run
+    from the previous one."""
+    import json
+
+    snapshot = Path(run_folder) / "checkpoint_manager_snapshot.json"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            state = json.loads(snapshot.read_text())
+            if any((r.get("metrics") or {}).get("iteration") == iteration for r in state.get("checkpoint_results", [])):
+                return
+        except (OSError, ValueError):   # not written yet, or being written
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no registered checkpoint of iteration {iteration} in {snapshot} within {timeout} s")
+
+
 def ray_processes(kind: str) -> list[psutil.Process]:
     """This test process's Ray processes of one kind (``RayTrainWorker``, ``TrainController``): descendants
     only, never another session's."""

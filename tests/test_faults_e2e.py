@@ -32,8 +32,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from codetr.engine import CHECKPOINT_FILE, load_checkpoint
-from tests.helpers_faults import (REPO, Driver, ray_processes, train_args, wait_for_step, wait_until_gone,
-                                  worker_pid)
+from tests.helpers_faults import (REPO, Driver, ray_processes, train_args, wait_for_checkpoint, wait_for_step,
+                                  wait_until_gone, worker_pid)
 from tests.helpers_mlflow_server import MlflowServer
 
 pytestmark = pytest.mark.slow
@@ -150,12 +150,14 @@ def chain(workdir, cluster, reference):
     first = Driver(args, env)
     # 1. a worker process dies in the middle of epoch 2 (progress read from the store, see wait_for_step)
     at = first.wait_for(r"world_rank=1,")
+    wait_for_checkpoint(workdir / "runs" / "chain", ipe)
     wait_for_step(uri, "chain", ipe + 2)
     victim = psutil.Process(worker_pid(first, rank=1))
     assert victim in ray_processes("RayTrainWorker")      # this test's own worker, never another process
     victim.kill()                                         # SIGKILL
     at = first.wait_for(rf"resumed from ray:.* at epoch 1, iteration {ipe}\b", start=at)
     # 2. a node goes away in epoch 3; a new one comes a few seconds after Ray Train asked for workers again
+    wait_for_checkpoint(workdir / "runs" / "chain", 2 * ipe)
     wait_for_step(uri, "chain", 2 * ipe + 2)       # re-run steps are not logged again: past epoch 2's end
     cluster.remove_node(cluster.worker_nodes_list[1])
     removed_at = time.time()
