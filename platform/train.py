@@ -301,15 +301,13 @@ def main(argv: list[str] | None = None) -> int:
                                    f"{tracking_uri}" + (f" --register {args.register}" if args.register else ""))
                     print(f"[platform] MLflow unreachable: the model is not logged ({first_line(e)})",
                           file=sys.stderr, flush=True)
-                    raise _ModelLater(model_later) from e
-                error_line = f"logging the model failed: {type(e).__name__}: {first_line(e)}"
-                if "://" not in cfg.platform.storage_path:
-                    path = write_traceback(e, Path(cfg.platform.storage_path) / run_name)
-                    traceback_file = str(path) if path else None
-                print(f"[platform] {error_line}", file=sys.stderr, flush=True)
-                status, code = "FAILED", EXIT_FAILED
-    except _ModelLater as e:
-        model_later = str(e)
+                else:
+                    error_line = f"logging the model failed: {type(e).__name__}: {first_line(e)}"
+                    if "://" not in cfg.platform.storage_path:
+                        path = write_traceback(e, Path(cfg.platform.storage_path) / run_name)
+                        traceback_file = str(path) if path else None
+                    print(f"[platform] {error_line}", file=sys.stderr, flush=True)
+                    status, code = "FAILED", EXIT_FAILED
     except KeyboardInterrupt:
         status, code = "KILLED", EXIT_KILLED
         print("\n[platform] interrupted: stopping the workers, the MLflow run ends KILLED", flush=True)
@@ -375,10 +373,6 @@ def _end_mlflow_run(tracking_uri: str, run_id: str, status: str, spool_folder, r
             if not is_transient(e):
                 raise
     end_run_or_spool(tracking_uri, run_id, status, spool_folder)
-
-
-class _ModelLater(Exception):
-    """The run finished but MLflow was unreachable for its model: the command that logs it later."""
 
 
 class _DriverAlive(Exception):
