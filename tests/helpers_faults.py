@@ -83,6 +83,20 @@ def worker_pid(driver: Driver, rank: int, start: int = 0) -> int:
     return pids[-1]
 
 
+def _poll(check, timeout: float, failure: str, interval: float = 0.2) -> None:
+    """Call ``check`` until it returns True; AssertionError ``failure`` after ``timeout`` s. A check that
+    raises ``OSError`` / ``ValueError`` (a file or store not written yet) counts as False."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(interval)
+    raise AssertionError(failure)
+
+
 def wait_for_step(tracking_uri: str, run_name: str, step: int, timeout: float = 300) -> None:
     """Until rank 0 has logged ``train/loss`` at ``step`` or later: the training's progress as it happens
     (read from the MLflow store the worker writes to; Ray forwards the workers' printed lines with a lag
@@ -90,19 +104,17 @@ def wait_for_step(tracking_uri: str, run_name: str, step: int, timeout: float = 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+
+    def logged() -> bool:
         try:
-            runs = client.search_runs(
-                [e.experiment_id for e in client.search_experiments()],
-                filter_string=f"tags.`platform.run_name` = '{run_name}'")
-            if runs and max((m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")),
-                            default=0) >= step:
-                return
-        except Exception:   # the store is being created
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"run {run_name} did not log train/loss at step {step} within {timeout} s")
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      filter_string=f"tags.`platform.run_name` = '{run_name}'")
+        except Exception:   # the store is being created (by the driver, concurrently)
+            return False
+        history = client.get_metric_history(runs[0].info.run_id, "train/loss") if runs else []
+        return max((m.step for m in history), default=0) >= step
+
+    _poll(logged, timeout, f"run {run_name} did not log train/loss at step {step} within {timeout} s")
 
 
 def wait_for_checkpoint(run_folder: Path, iteration: int, timeout: float = 300) -> None:
@@ -113,16 +125,12 @@ def wait_for_checkpoint(run_folder: Path, iteration: int, timeout: float = 300) 
     import json
 
     snapshot = Path(run_folder) / "checkpoint_manager_snapshot.json"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            state = json.loads(snapshot.read_text())
-            if any((r.get("metrics") or {}).get("iteration") == iteration for r in state.get("checkpoint_results", [])):
-                return
-        except (OSError, ValueError):   # not written yet, or being written
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"no registered checkpoint of iteration {iteration} in {snapshot} within {timeout} s")
+
+    def registered() -> bool:   # OSError / ValueError: not written yet, or being written
+        results = json.loads(snapshot.read_text()).get("checkpoint_results", [])
+        return any((r.get("metrics") or {}).get("iteration") == iteration for r in results)
+
+    _poll(registered, timeout, f"no registered checkpoint of iteration {iteration} in {snapshot} within {timeout} s")
 
 
 def ray_processes(kind: str) -> list[psutil.Process]:
@@ -140,7 +148,4 @@ def ray_processes(kind: str) -> list[psutil.Process]:
 
 
 def wait_until_gone(kind: str, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while ray_processes(kind) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not ray_processes(kind), f"{kind} processes still alive after {timeout} s"
+    _poll(lambda: not ray_processes(kind), timeout, f"{kind} processes still alive after {timeout} s", interval=0.5)
