@@ -65,7 +65,7 @@ def masked_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
 
 @contextlib.contextmanager
 def traceable_two_stage_selection():
-    """The model's two-stage selection (``codetr.models.query_head.select_valid_topk``) takes the plain
+    """The model's two-stage selection (``codetr.models.query_heads.deformable_detr.select_valid_topk``) takes the plain
     top-k, or the masked one when the plain one picks an invalid position: a branch on the data, of which
     a trace would keep only the one its example input took. While exporting, the masked top-k stands in:
     it picks the same positions in both cases."""

@@ -1,7 +1,7 @@
 """The statistics of a repeated sweep: means, t-intervals, paired differences, per-key effects.
 
 Everything here is arithmetic on plain numbers (no MLflow, no Ray), so it is tested against
-hand-computed values (tests/test_sweep_stats.py).
+hand-computed values (tests/platform/analysis/test_stats.py).
 
 - :func:`t_interval`: mean, sample standard deviation and the two-sided t confidence interval of the
   mean of a few values (seeds): ``mean +- t_{(1+c)/2, n-1} * s / sqrt(n)``. With one value there is

@@ -57,7 +57,7 @@ class PlatformConfig:
     max_failures: int = 0              # Ray Train restarts from the last checkpoint after a worker failure
     resource_wait_s: float = 600.0     # longest wait for the workers' CPUs / GPUs at each (re)start, then fail (sweep trials queue)
     num_to_keep: int = 2               # checkpoints kept by Ray Train in storage
-    find_unused_parameters: bool = False  # DDP: every parameter gets a gradient for any K (tests/test_collaborative.py)
+    find_unused_parameters: bool = False  # DDP: every parameter gets a gradient for any K (tests/codetr/models/test_collaborative.py)
     log_checkpoints: bool = True       # upload the last and the best checkpoint to MLflow
     num_val_images: int = 4            # validation images drawn with predicted and true boxes (MLflow)
     log_model: bool = True             # log the deployable model as an MLflow model (pyfunc) at the end

@@ -11,6 +11,7 @@ from torch import nn
 
 from codetr.engine.checkpoint import unwrap_model
 from codetr.engine.dist import get_rank
+from codetr.engine.precision import autocast_context
 
 
 @dataclass
@@ -36,8 +37,6 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
     evaluator prints (COCOeval's table) is kept out of the console; it stays on
     ``evaluator.summary_text`` when the evaluator keeps it.
     """
-    from codetr.engine.loop import autocast_context
-
     net = unwrap_model(model)   # no DDP hooks or buffer broadcasts in eval
     was_training = net.training
     net.eval()

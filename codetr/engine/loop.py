@@ -26,7 +26,6 @@ accumulated on the device and read back once per window (no per-iteration host s
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import tempfile
@@ -42,6 +41,7 @@ from codetr.engine.checkpoint import CHECKPOINT_FILE, capture_rng_state, save_ch
 from codetr.engine.dist import all_gather_objects, get_rank, get_world_size
 from codetr.engine.evaluate import EvalSample, evaluate
 from codetr.engine.nonfinite import DIVERGED_HINT, NonFiniteGuard
+from codetr.engine.precision import autocast_context
 from codetr.errors import NonFiniteCostError
 
 BEST_METRIC = "coco/AP"
@@ -54,13 +54,6 @@ class StepOutput:
     unweighted: dict[str, torch.Tensor]
     grad_norm: torch.Tensor             # total norm before clipping
     applied: bool = True                # False: the update was skipped (non-finite loss or gradient)
-
-
-def autocast_context(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere (CPU training stays fp32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict], optimizer: torch.optim.Optimizer,

@@ -8,7 +8,7 @@ from torch import Tensor
 from codetr.box_ops import aligned_box_iou, box_cxcywh_to_xyxy, elementwise_generalized_box_iou
 from codetr.config.schema import ModelConfig
 from codetr.models.aux.positives import PositiveQueries
-from codetr.models.denoising import DenoisingQueries, denoising_targets
+from codetr.models.query_heads.denoising import DenoisingQueries, denoising_targets
 from codetr.models.losses import mean_over_workers, quality_focal_loss_sum, sigmoid_focal_loss_sum
 from codetr.models.matcher import hungarian_match
 

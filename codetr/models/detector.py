@@ -14,14 +14,14 @@ from torch import Tensor, nn
 
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from codetr.config.schema import ModelConfig
-from codetr.models.backbone import build_backbone
+from codetr.models.backbones import build_backbone
 from codetr.models.aux.positives import select_positive_queries
 from codetr.models.criterion import QueryCriterion, layer_prefix
-from codetr.models.denoising import DenoisingQueries, build_denoising_queries
-from codetr.models.dino_head import DINOQueryHead
+from codetr.models.query_heads.denoising import DenoisingQueries, build_denoising_queries
+from codetr.models.query_heads.dino import DINOQueryHead
 from codetr.models.soft_nms import soft_nms
 from codetr.models.neck import ChannelMapper
-from codetr.models.query_head import QueryHead
+from codetr.models.query_heads.deformable_detr import QueryHead
 
 
 def aux_head_keys(names: list[str]) -> list[str]:

@@ -1,0 +1,106 @@
+"""`python -m platform.export --format onnx` on a real training-format checkpoint: the ONNX file, its
+metadata, and a real onnxruntime session against PyTorch (batch dynamic, size fixed)."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from codetr import build_model
+from codetr.config import to_dict
+from codetr.inference import Predictor
+from codetr.engine import save_checkpoint
+from platform import export
+from platform.onnx_export import OnnxDetector, check_onnx, input_batch
+from platform.runtime import load_run_config
+
+NAMES = ["rectangle", "ellipse", "triangle", "cross", "ring"]
+HEIGHT, WIDTH = 96, 128          # not square: a swapped height / width shows
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    cfg = load_run_config("codetr_tiny", [])
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=len(NAMES))
+    checkpoint = save_checkpoint(root / "checkpoint_1" / "checkpoint.pt", {
+        "model": model.state_dict(), "config": to_dict(cfg), "num_classes": len(NAMES), "category_names": NAMES,
+        "epoch": 1, "iteration": 4})
+    output = root / "model.onnx"
+    return root, checkpoint, output
+
+
+def test_export_writes_a_checked_onnx_model(exported, capsys):
+    root, checkpoint, output = exported
+    code = export.main(["--checkpoint", str(checkpoint.parent), "--format", "onnx", "-o", str(output),
+                        "--height", str(HEIGHT), "--width", str(WIDTH)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    diffs = re.findall(r"batch (\d) .*?max abs diff boxes (\S+) px, scores (\S+); labels agree 100%  OK", printed)
+    assert [d[0] for d in diffs] == ["1", "2"], printed
+    assert all(float(b) <= 0.05 and float(s) <= 1e-4 for _, b, s in diffs)
+    assert f"fixed at {HEIGHT}x{WIDTH}" in printed and "refused" in printed
+
+    graph = onnx.load(str(output))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(meta["label_names"]) == NAMES and meta["input_size"] == f"{HEIGHT}x{WIDTH}"
+    ops = {node.op_type for node in graph.graph.node}
+    assert "GridSample" in ops and all(node.domain in ("", "ai.onnx") for node in graph.graph.node)
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    (images,) = session.get_inputs()
+    assert images.shape[1:] == [3, HEIGHT, WIDTH] and not isinstance(images.shape[0], int)
+
+
+def test_onnxruntime_matches_pytorch_on_a_batch_of_three(exported):
+    root, checkpoint, output = exported
+    if not output.is_file():
+        pytest.skip("the export test did not run")
+    predictor = Predictor.from_checkpoint(checkpoint)
+    g = torch.Generator().manual_seed(1)
+    image = (torch.rand(3, 70, 90, generator=g) * 255).to(torch.uint8)
+    report = check_onnx(output, predictor, input_batch(image, HEIGHT, WIDTH, 3))
+    assert report.batch == 3 and report.ok, report
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    boxes, scores, labels = session.run(None, {"images": input_batch(image, HEIGHT, WIDTH, 3).numpy()})
+    assert boxes.shape == (3, 100, 4) and labels.dtype == np.int64
+    assert (boxes[..., 0::2] <= WIDTH).all() and (boxes[..., 1::2] <= HEIGHT).all() and (boxes >= 0).all()
+    assert (np.diff(scores, axis=1) <= 0).all()                    # top-k order
+    with pytest.raises(Exception, match="dimensions"):              # the size is fixed at export
+        session.run(None, {"images": np.zeros((1, 3, HEIGHT, WIDTH + 32), np.float32)})
+
+
+def test_deployable_files_export_too_and_bad_input_is_named(exported, tmp_path, capsys):
+    root, checkpoint, _ = exported
+    deployable = Predictor.from_checkpoint(checkpoint).save(tmp_path / "deployable.pt")
+    assert export.load_predictor(str(deployable)).category_names == NAMES
+    out = str(tmp_path / "m.onnx")
+    assert export.main(["--checkpoint", str(tmp_path / "missing"), "-o", out]) == 2
+    assert export.main(["--checkpoint", str(deployable), "-o", out, "--height", "16"]) == 2
+    assert export.main(["--checkpoint", str(deployable), "-o", out, "--opset", "13"]) == 2
+    assert export.main(["--checkpoint", str(deployable), "-o", out, "--image", str(tmp_path / "no.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load a model from" in err and "at least 64 pixels" in err and "opset >= 16" in err
+    assert "no.jpg" in err
+    with pytest.raises(ValueError, match="for_inference"):
+        OnnxDetector(build_model(load_run_config("codetr_tiny", []), num_classes=5))
+
+
+def test_the_exported_selection_picks_what_the_model_picks():
+    """The masked top-k used while tracing equals the model's branching selection, in both of its branches."""
+    from codetr.models.query_heads.deformable_detr import select_valid_topk
+    from platform.onnx_export import masked_topk
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 200, generator=g)
+    invalid = torch.rand(4, 200, generator=g) < 0.3
+    plain_picks_invalid = bool(invalid.gather(1, scores.topk(20, dim=1).indices).any())
+    none_invalid = torch.zeros_like(invalid)
+    assert plain_picks_invalid   # this case takes the model's masked branch
+    for mask in (invalid, none_invalid):
+        assert torch.equal(masked_topk(scores, mask, 20), select_valid_topk(scores, mask, 20))
