@@ -6,7 +6,7 @@
 
 For each config: the model is built with random weights (seed 0; R50 with
 ``model.backbone.pretrained=false``, 80 classes), made deployable (``model.for_inference()``: no
-auxiliary heads), exported by ``platform.onnx_export`` for the given input size, and run on one
+auxiliary heads), exported by ``platform.deploy.onnx`` for the given input size, and run on one
 image (batch 1) by both: PyTorch through the model's public forward under ``no_grad``
 (``torch.set_num_threads(--threads)``) and an onnxruntime CPU session (``intra_op_num_threads`` =
 ``--threads``, all graph optimisations, no spin-waiting between runs). The two alternate run by run after ``--warmup`` runs each, so the
@@ -47,7 +47,7 @@ def bench(name: str, size: tuple[int, int], threads: int, warmup: int, runs: int
 
     from codetr import build_model, load_config
     from codetr.inference import Predictor
-    from platform.onnx_export import export_onnx
+    from platform.deploy.onnx import export_onnx
 
     config, overrides, num_classes = CONFIGS[name]
     cfg = load_config(REPO / "experiments" / config, overrides)

@@ -53,7 +53,7 @@ def per_sample_cost(uri: str, run_id: str, samples: int) -> tuple[float, list[st
 
 def training_steps(interval: float | None, steps: int, model, images, targets, uri: str, run_id: str):
     """CPU and wall seconds of each of ``steps`` training steps, with a monitor at ``interval`` (or none)."""
-    from platform.system_metrics import start_monitor
+    from platform.tracking.system_metrics import start_monitor
 
     monitor = start_monitor(uri, run_id, interval, local_rank=0, node_rank=0, num_nodes=1) if interval else None
     cpu, wall = [], []
@@ -87,7 +87,7 @@ def main() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from benchmarks.aux_cost import _batch
     from codetr import build_model, load_config
-    from platform import tracking
+    from platform.tracking import mlflow_runs as tracking
 
     tmp = tempfile.mkdtemp(prefix="sysmetrics_")
     uri = f"sqlite:///{tmp}/mlflow.db"

@@ -22,6 +22,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
+from codetr import build_model
+from codetr.config import ConfigError, config_from_dict, to_dict
+from codetr.convert import (ConversionError, UnsafeCheckpointError, class_names, config_for_official, from_official,
+                            infer_overrides, load_untrusted, to_official)
+from codetr.engine import load_checkpoint, save_checkpoint
+from platform.core.config_files import resolve_config_path
+
 # the base config per official query head (the checkpoint fixes the dimensions on top of it)
 DEFAULT_CONFIGS = {"deformable_detr": "experiments/codetr_r50_coco.yaml", "dino": "experiments/codino_r50_coco.yaml"}
 
@@ -44,10 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def official_state_dict(ck: object, path: str) -> tuple[dict, dict]:
     """(state dict, meta) of a loaded mmcv checkpoint (also a bare state dict)."""
-    import torch
-
-    from codetr.convert import ConversionError
-
     if isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict):
         sd, meta = ck["state_dict"], ck.get("meta") or {}
     elif isinstance(ck, dict) and ck and all(isinstance(v, torch.Tensor) for v in ck.values()):
@@ -60,12 +65,6 @@ def official_state_dict(ck: object, path: str) -> tuple[dict, dict]:
 
 
 def convert_in(args: argparse.Namespace) -> int:
-    from codetr import build_model
-    from codetr.config import to_dict
-    from codetr.convert import class_names, config_for_official, from_official, infer_overrides, load_untrusted
-    from codetr.engine import save_checkpoint
-    from platform.runtime import resolve_config_path
-
     ck = load_untrusted(args.source, args.allow_global)
     official_sd, meta = official_state_dict(ck, args.source)
     config = args.config or DEFAULT_CONFIGS[str(infer_overrides(official_sd)["model.query_head"])]
@@ -91,12 +90,6 @@ def convert_in(args: argparse.Namespace) -> int:
 
 
 def convert_out(args: argparse.Namespace) -> int:
-    import torch
-
-    from codetr.config import config_from_dict
-    from codetr.convert import to_official
-    from codetr.engine import load_checkpoint
-
     state = load_checkpoint(args.source)
     cfg = config_from_dict(state["config"])
     official_sd, report = to_official(state["model"], cfg)
@@ -114,8 +107,6 @@ def convert_out(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from codetr.config import ConfigError
-    from codetr.convert import ConversionError, UnsafeCheckpointError
 
     try:
         return convert_out(args) if args.to_official else convert_in(args)

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+
+import torch
+
+from codetr.config import ConfigError
+from platform.analysis.checkpoint_eval import evaluate_checkpoint
+from platform.tracking import mlflow_runs
+from platform.tracking.source import source_tags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder or checkpoint.pt")
     parser.add_argument("--config", default=None, help="experiment YAML (default: the checkpoint's config)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="default: data.eval_batch_size")
     parser.add_argument("--mlflow", action="store_true", help="log the metrics as a new MLflow run")
     parser.add_argument("--run-id", default=None, help="log the metrics into this existing MLflow run")
@@ -32,37 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def evaluate_checkpoint(checkpoint: str, config: str | None = None, overrides: list[str] | None = None,
-                        device: str = "cpu", batch_size: int | None = None) -> tuple[dict[str, float], dict]:
-    """``(coco metrics, checkpoint dict)`` of ``checkpoint`` on the config's validation set."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from codetr.data import build_dataset, collate_fn
-    from codetr.engine import evaluate
-    from codetr.evaluation import CocoEvaluator
-    from platform.runtime import model_from_checkpoint
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    model, cfg, state = model_from_checkpoint(checkpoint, config, overrides)
-    model = model.for_inference().to(device)
-    val_ds = build_dataset(cfg, "val")
-    loader = DataLoader(val_ds, batch_size=batch_size or cfg.data.eval_batch_size, shuffle=False,
-                        num_workers=cfg.data.num_workers, collate_fn=collate_fn)
-    metrics, _ = evaluate(model, loader, CocoEvaluator(val_ds), torch.device(device), amp=cfg.train.amp)
-    return metrics, state
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from codetr.config import ConfigError
-
     start = time.time()
     try:
         metrics, state = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.device,
@@ -79,24 +56,21 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"checkpoint": args.checkpoint, "iteration": iteration, "metrics": metrics}, f, indent=1)
     if args.mlflow or args.run_id:
-        from platform import tracking
-
-        uri = tracking.resolve_tracking_uri()
+        uri = mlflow_runs.resolve_tracking_uri()
         run_id = args.run_id
         if run_id is None:
             experiment = state["config"]["platform"]["experiment_name"]
             run_name = f"eval-{state['config']['platform'].get('run_name') or 'checkpoint'}-it{iteration}"
-            from platform.run_source import source_tags
-
             tags = {**source_tags("platform.evaluate", sys.argv[1:] if argv is None else list(argv), args.config),
                     "mlflow.runName": run_name, "platform.checkpoint": str(args.checkpoint),
                     "platform.source_run_id": str(state.get("mlflow_run_id"))}
-            run_id, _ = tracking.start_run(uri, experiment, run_name, tags, resume=False)
-        tracking.RunLogger(uri, run_id).log_metrics(metrics, step=iteration)
+            run_id, _ = mlflow_runs.start_run(uri, experiment, run_name, tags, resume=False)
+        mlflow_runs.RunLogger(uri, run_id).log_metrics(metrics, step=iteration)
         if args.run_id is None:
-            tracking.end_run(uri, run_id, "FINISHED")
+            mlflow_runs.end_run(uri, run_id, "FINISHED")
         print(f"Logged to MLflow run {run_id} ({uri})")
     return 0
+
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 The model is ``model.for_inference()`` (no auxiliary heads) in pure PyTorch operators (the deformable
 attention samples with ``grid_sample``: no custom kernel). Input ``images`` float32 ``[batch, 3, H, W]``
 RGB in [0, 1]; outputs ``boxes`` (xyxy pixels of the input), ``scores``, ``labels``
-(:mod:`platform.onnx_export`). The batch is dynamic, the size fixed: ``--height`` / ``--width``
+(:mod:`platform.deploy.onnx`). The batch is dynamic, the size fixed: ``--height`` / ``--width``
 (default: the config's ``data.augment.eval_scale`` square). Right after exporting, onnxruntime (CPU)
 and PyTorch run the same input (``--image``, resized, or a drawn test pattern), at batch 1 and 2: the
 command prints the largest absolute differences of boxes and scores and fails (exit 1) beyond
@@ -19,7 +19,12 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
+
+import torch
+
+from codetr.data import read_image_rgb
+from platform.deploy.onnx import DEFAULT_OPSET, check_onnx, check_other_size, export_onnx, input_batch, test_pattern
+from platform.deploy.predictors import load_predictor
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -38,44 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_predictor(path: str):
-    """A :class:`codetr.inference.Predictor` from a training checkpoint or a deployable file."""
-    import torch
-
-    from codetr.inference import DEPLOYABLE_FORMAT, Predictor
-
-    file = Path(path)
-    if file.is_file():
-        try:
-            head = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception:   # a training checkpoint holds more than tensors (RNG states)
-            head = None
-        if isinstance(head, dict) and head.get("format") == DEPLOYABLE_FORMAT:
-            return Predictor.load(file)
-    return Predictor.from_checkpoint(path)
-
-
-def test_pattern(height: int, width: int):
-    """A deterministic uint8 [3, H, W] image: a gradient with a few filled rectangles."""
-    import torch
-
-    y = torch.linspace(0, 1, height)[:, None].expand(height, width)
-    x = torch.linspace(0, 1, width)[None].expand(height, width)
-    image = torch.stack([x, y, 1 - x]) * 160
-    for i, (cx, cy, w, h) in enumerate([(0.3, 0.3, 0.25, 0.2), (0.7, 0.6, 0.2, 0.35), (0.45, 0.75, 0.3, 0.15)]):
-        y0, y1 = int((cy - h / 2) * height), int((cy + h / 2) * height)
-        x0, x1 = int((cx - w / 2) * width), int((cx + w / 2) * width)
-        image[:, y0:y1, x0:x1] = torch.tensor([[230.0], [40.0 + 90 * i], [60.0]])[:, :, None]
-    return image.to(torch.uint8)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import torch
-
-    from codetr.data import read_image_rgb
-    from platform.onnx_export import (DEFAULT_OPSET, check_onnx, check_other_size, export_onnx, input_batch)
-
     torch.set_num_threads(os.cpu_count() or 1)
     try:
         predictor = load_predictor(args.checkpoint)
@@ -115,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[export] the ONNX model does not match PyTorch: not fit for use", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+from platform.core.visualize import draw_detections, save_png
+from platform.deploy.predict import predict_images
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,25 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def predict_images(checkpoint: str, images: list[str], score_threshold: float = 0.3, device: str = "cpu"):
-    """Yield ``(path, image uint8 [3, H, W], detections dict in file pixels, category names)`` per image."""
-    import torch
-
-    from codetr.data import read_image_rgb
-    from codetr.inference import Predictor
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)   # the deployable model, eval resize
-    for path in images:
-        raw = read_image_rgb(path)                       # [3, H, W] uint8
-        det = predictor.detect(raw, score_threshold)
-        yield path, raw, {k: det[k] for k in ("boxes", "scores", "labels")}, predictor.category_names
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from platform.visualize import draw_detections, save_png
-
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         print(f"error: no such image(s): {', '.join(missing)}", file=sys.stderr)
@@ -69,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(records, f, indent=1)
     print(f"Detections: {out_dir / 'detections.json'}")
     return 0
+
 
 
 if __name__ == "__main__":

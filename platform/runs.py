@@ -3,7 +3,7 @@
     python -m platform.runs [list] [--all]               RUNNING runs whose driver process is gone
     python -m platform.runs close RUN [RUN ...]          mark them FAILED, with a tag saying why
     python -m platform.runs resume RUN                   print the command that continues RUN
-    python -m platform.runs upload SPOOL                 send a spool of MLflow calls (see platform.spool)
+    python -m platform.runs upload SPOOL                 send a spool of MLflow calls (see platform.tracking.spool)
     python -m platform.runs log-model RUN CHECKPOINT [--register NAME]
                                                          log a checkpoint's deployable model to RUN (what a
                                                          run does at its end; for one that ended while
@@ -21,102 +21,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import socket
 import sys
+from pathlib import Path
 
-DRIVER_HOST, DRIVER_PID, DRIVER_STARTED = "platform.driver_host", "platform.driver_pid", "platform.driver_started"
-RESUME_COMMAND, END_REASON = "platform.resume_command", "platform.end_reason"
+from mlflow.tracking import MlflowClient
 
-
-def driver_tags() -> dict[str, str]:
-    """Tags that let :func:`driver_state` tell later whether this process still runs."""
-    import psutil
-
-    return {DRIVER_HOST: socket.gethostname(), DRIVER_PID: str(os.getpid()),
-            DRIVER_STARTED: f"{psutil.Process().create_time():.2f}"}
-
-
-def driver_state(tags: dict[str, str]) -> str:
-    """``alive``, ``gone`` (checked on this host) or ``unknown`` (another host, or no driver tags)."""
-    import psutil
-
-    if DRIVER_PID not in tags or tags.get(DRIVER_HOST) != socket.gethostname():
-        return "unknown"
-    try:
-        process = psutil.Process(int(tags[DRIVER_PID]))
-        started = float(tags.get(DRIVER_STARTED, "nan"))
-        # a reused pid belongs to a process started later
-        return "alive" if abs(process.create_time() - started) < 1.0 else "gone"
-    except (psutil.NoSuchProcess, ValueError):
-        return "gone"
+from platform.tracking.driver_tags import DRIVER_HOST, DRIVER_PID, END_REASON, driver_state
+from platform.tracking.mlflow_runs import RUN_NAME_TAG, resolve_tracking_uri
+from platform.tracking.model_logging import log_deployable_model
+from platform.tracking.orphans import close, find, latest_checkpoint_of, resume_line, running_runs
+from platform.tracking.spool import Spool
 
 
 def _client(uri: str | None):
-    from mlflow.tracking import MlflowClient
-
-    from platform.tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(uri)
     return MlflowClient(uri), uri
 
 
-def running_runs(client) -> list:
-    """RUNNING runs of every active experiment, newest first."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    if not experiments:
-        return []
-    return client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'",
-                              order_by=["attributes.start_time DESC"], max_results=1000)
-
-
-def find(client, ref: str):
-    """A run by id, else the newest run tagged ``platform.run_name = ref``."""
-    from mlflow.exceptions import MlflowException
-
-    from platform.tracking import RUN_NAME_TAG
-
-    try:
-        return client.get_run(ref)
-    except MlflowException:
-        pass
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, filter_string=f"tags.`{RUN_NAME_TAG}` = '{ref}'",
-                              order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
-    if not runs:
-        raise SystemExit(f"no MLflow run with id or platform.run_name {ref!r}")
-    return runs[0]
-
-
-def latest_checkpoint_of(run) -> str | None:
-    from platform.checkpoints import latest_checkpoint
-    from platform.tracking import RUN_NAME_TAG
-
-    storage, name = run.data.params.get("platform.storage_path"), run.data.tags.get(RUN_NAME_TAG)
-    return latest_checkpoint(storage, name) if storage and name else None
-
-
-def resume_line(run) -> str:
-    command = run.data.tags.get(RESUME_COMMAND)
-    if not command:
-        return "(no resume command recorded: not started by python -m platform.train)"
-    if latest_checkpoint_of(run) is None:
-        return f"{command}    # no checkpoint yet: this starts the run over"
-    return command
-
-
-def close(client, run, reason: str | None = None) -> None:
-    """Mark ``run`` FAILED with a tag saying why."""
-    tags = run.data.tags
-    why = reason or (f"driver gone: pid {tags.get(DRIVER_PID, '?')} on {tags.get(DRIVER_HOST, '?')} no longer runs")
-    stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    client.set_tag(run.info.run_id, END_REASON, f"{why} (closed by python -m platform.runs close at {stamp})")
-    client.set_terminated(run.info.run_id, status="FAILED")
-
-
 def _cmd_list(client, args) -> int:
-    from platform.tracking import RUN_NAME_TAG
-
     shown = 0
     for run in running_runs(client):
         state = driver_state(run.data.tags)
@@ -160,10 +82,6 @@ def _cmd_resume(client, args) -> int:
 
 
 def _cmd_upload(client, args) -> int:
-    from pathlib import Path
-
-    from platform.spool import Spool
-
     spool = Spool(args.spool)
     if not Path(args.spool).is_dir():
         print(f"no spool at {args.spool}", file=sys.stderr)
@@ -175,10 +93,6 @@ def _cmd_upload(client, args) -> int:
 
 
 def _cmd_log_model(client, args) -> int:
-    from pathlib import Path
-
-    from platform.mlflow_model import log_deployable_model
-
     if not Path(args.checkpoint).exists():
         print(f"no checkpoint at {args.checkpoint}", file=sys.stderr)
         return 2
@@ -222,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"list": _cmd_list, "close": _cmd_close, "resume": _cmd_resume, "upload": _cmd_upload,
                 "log-model": _cmd_log_model}
     return commands[args.command](client, args)
+
 
 
 if __name__ == "__main__":

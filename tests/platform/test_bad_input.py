@@ -20,7 +20,7 @@ from PIL import Image
 from codetr.config import ConfigError, load_config
 from codetr.data import BadImageError, CocoDetection, MissingImagesError, load_coco_annotations, read_image_rgb
 from codetr.errors import CodetrError
-from platform.sweep_spec import parse_sweep
+from platform.sweep.spec import parse_sweep
 from tests.datasets import coco_dict, write_dataset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,11 +9,11 @@ import math
 
 import pytest
 
-from platform.paper_ablations import PAPER_TABLES
-from platform.report import compare_with_paper, row_matches, verdict_lines
-from platform.sweep_comparisons import configurations_table, effects_table, sweep_statistics
-from platform.sweep_stats import Configuration, differ_only_in, key_effects, paired_difference, t_critical, t_interval
-from platform.sweep_summary import TrialRow
+from platform.analysis.paper_ablations import PAPER_TABLES
+from platform.analysis.report import compare_with_paper, row_matches, verdict_lines
+from platform.analysis.comparisons import configurations_table, effects_table, sweep_statistics
+from platform.analysis.stats import Configuration, differ_only_in, key_effects, paired_difference, t_critical, t_interval
+from platform.analysis.rows import TrialRow
 
 HEADS, L1, L2 = "model.aux_heads", "model.lambda1", "model.lambda2"
 

@@ -13,7 +13,7 @@ import torch
 
 from codetr.engine import CHECKPOINT_FILE, capture_rng_state, load_checkpoint, save_checkpoint
 from codetr.errors import CheckpointError
-from platform.checkpoints import latest_checkpoint, load_with_fallback
+from platform.core.checkpoints import latest_checkpoint, load_with_fallback
 
 NAMES = ["checkpoint_2026-01-01_10-00-00.000001", "checkpoint_2026-01-01_10-05-00.000001",
          "checkpoint_2026-01-01_10-10-00.000001"]

@@ -1,4 +1,4 @@
-"""The console's logging configuration (platform.console) on real loggers; the end-to-end view of a run's
+"""The console's logging configuration (platform.core.console) on real loggers; the end-to-end view of a run's
 console is in tests/platform/tracking/test_mlflow_native_e2e.py."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from platform import console
+from platform.core import console
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = r'''
 import json, os, psutil
-from platform.runtime import keep_local_ray_on_loopback, init_ray
+from platform.core.loopback import keep_local_ray_on_loopback
+from platform.core.ray_cluster import init_ray
 keep_local_ray_on_loopback()
 import ray
 from codetr.config import load_config

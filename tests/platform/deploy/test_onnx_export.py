@@ -16,8 +16,9 @@ from codetr.config import to_dict
 from codetr.inference import Predictor
 from codetr.engine import save_checkpoint
 from platform import export
-from platform.onnx_export import OnnxDetector, check_onnx, input_batch
-from platform.runtime import load_run_config
+from platform.deploy.predictors import load_predictor
+from platform.deploy.onnx import OnnxDetector, check_onnx, input_batch
+from platform.core.config_files import load_run_config
 
 NAMES = ["rectangle", "ellipse", "triangle", "cross", "ring"]
 HEIGHT, WIDTH = 96, 128          # not square: a swapped height / width shows
@@ -78,7 +79,7 @@ def test_onnxruntime_matches_pytorch_on_a_batch_of_three(exported):
 def test_deployable_files_export_too_and_bad_input_is_named(exported, tmp_path, capsys):
     root, checkpoint, _ = exported
     deployable = Predictor.from_checkpoint(checkpoint).save(tmp_path / "deployable.pt")
-    assert export.load_predictor(str(deployable)).category_names == NAMES
+    assert load_predictor(str(deployable)).category_names == NAMES
     out = str(tmp_path / "m.onnx")
     assert export.main(["--checkpoint", str(tmp_path / "missing"), "-o", out]) == 2
     assert export.main(["--checkpoint", str(deployable), "-o", out, "--height", "16"]) == 2
@@ -94,7 +95,7 @@ def test_deployable_files_export_too_and_bad_input_is_named(exported, tmp_path, 
 def test_the_exported_selection_picks_what_the_model_picks():
     """The masked top-k used while tracing equals the model's branching selection, in both of its branches."""
     from codetr.models.query_heads.deformable_detr import select_valid_topk
-    from platform.onnx_export import masked_topk
+    from platform.deploy.onnx import masked_topk
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(4, 200, generator=g)

@@ -8,7 +8,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from platform.sweep_resources import (PLACEMENT_GROUP_KEY, ReleaseTrialResources,  # noqa: E402
+from platform.sweep.resources import (PLACEMENT_GROUP_KEY, ReleaseTrialResources,  # noqa: E402
                                       placement_group_state)
 
 

@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from codetr.config import ConfigError
-from platform.sweep import GRID_KEY, trial_dirname, trial_label, trial_values
-from platform.sweep_spec import parse_sweep
-from platform.sweep_summary import TrialRow, effects, table, to_csv, to_markdown
+from platform.sweep.naming import GRID_KEY, trial_dirname, trial_label, trial_values
+from platform.sweep.spec import parse_sweep
+from platform.analysis.rows import TrialRow, to_csv, to_markdown
+from platform.analysis.summary import effects, table
 
 REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / "experiments" / "sweep_tiny.yaml"
@@ -161,7 +162,7 @@ def test_summary_columns_at_compare_epochs_and_effects():
 
 
 def test_dry_run_lists_the_trials_without_starting_ray(capsys):
-    from platform.sweep import main
+    from platform.sweep.cli import main
 
     assert main([str(TINY), "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -177,7 +178,7 @@ HEADS_GRID = {"model.aux_heads": {"grid": [[], ["atss"]]}, "model.lambda1": {"gr
 
 
 def test_repeats_run_every_configuration_once_per_seed_seed_major(tmp_path):
-    from platform.sweep_spec import CONFIG_ID_KEY, SEED_KEY
+    from platform.sweep.spec import CONFIG_ID_KEY, SEED_KEY
 
     spec = parse_sweep(_write(tmp_path, search_space=HEADS_GRID, seeds=[3, 7],
                               baseline={"model.aux_heads": []}))
@@ -190,7 +191,7 @@ def test_repeats_run_every_configuration_once_per_seed_seed_major(tmp_path):
                                                                  ("c1", 7), ("c2", 7), ("c3", 7)]
     assert spec.baseline_id() == "c1"
     # the seed reaches the trial's config as train.seed; names show it
-    from platform.sweep import naming_values, trial_identity
+    from platform.sweep.naming import naming_values, trial_identity
 
     config = {GRID_KEY: points[4]}
     assert trial_identity(config) == ("c2", 7)
@@ -246,7 +247,7 @@ def test_single_worker_trials_run_inline_unless_asked_for_ray_train(tmp_path):
 
 
 def test_dry_run_names_the_baseline_and_the_seeds(capsys):
-    from platform.sweep import main
+    from platform.sweep.cli import main
 
     assert main([str(REPO / "experiments" / "ablation_tiny.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -15,10 +15,10 @@ from codetr.config import to_dict
 from codetr.data import build_dataset
 from codetr.engine import save_checkpoint
 from codetr.inference import Predictor, decode_image
-from platform import tracking
-from platform.datasets_tracking import describe
-from platform.mlflow_model import check_registered_name, log_deployable_model, serving_request
-from platform.runtime import load_run_config
+from platform.tracking import mlflow_runs as tracking
+from platform.tracking.datasets import describe
+from platform.tracking.model_logging import check_registered_name, log_deployable_model, serving_request
+from platform.core.config_files import load_run_config
 from tests.datasets import write_dataset
 
 REGISTERED = "codetr-unit"

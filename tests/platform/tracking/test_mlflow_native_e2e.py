@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from codetr.inference import decode_image
-from platform.mlflow_model import serving_request
+from platform.tracking.model_logging import serving_request
 
 REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ REGISTERED = "codetr-e2e"
 SMALL = ["data.augment.scales=[128]", "data.augment.max_size=128", "data.augment.crop_prob=0",
          "data.augment.eval_scale=128", "data.augment.eval_max_size=128", "data.synthetic.num_train=32",
          "data.synthetic.num_val=8", "data.batch_size=4", "train.log_every=2", "platform.num_val_images=1"]
-# Ray's and MLflow's chatter that the default console hides (platform/console.py)
+# Ray's and MLflow's chatter that the default console hides (platform/core/console.py)
 CHATTER = ["Reporting training result", "Checkpoint successfully created", "Token authentication is enabled",
            "is now ignored by default", "Started a local Ray instance", "Creating initial MLflow database tables",
            "Setting up process group", "Wrapping provided model", "Attempting to start training worker group"]

@@ -11,10 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from codetr.data import build_dataset
-from platform import tracking
-from platform.datasets_tracking import describe, file_digest, log_datasets
-from platform.run_source import REPO_ROOT, git_state, source_tags
-from platform.runtime import load_run_config
+from platform.tracking import mlflow_runs as tracking
+from platform.tracking.datasets import describe, file_digest, log_datasets
+from platform.tracking.source import REPO_ROOT, git_state, source_tags
+from platform.core.config_files import load_run_config
 from tests.datasets import write_dataset
 
 

@@ -14,9 +14,11 @@ from codetr.engine import CHECKPOINT_FILE, save_checkpoint
 from codetr.data import BadImageError
 from codetr.errors import NonFiniteLossError
 from platform import runs
-from platform.failures import describe_failure, restore_end_state
-from platform.train import print_summary
-from platform.tracking import RUN_NAME_TAG
+from platform.tracking.driver_tags import (DRIVER_HOST, DRIVER_PID, DRIVER_STARTED, END_REASON, RESUME_COMMAND,
+                                          driver_state, driver_tags)
+from platform.train.failures import describe_failure, restore_end_state
+from platform.train.summary import print_summary
+from platform.tracking.mlflow_runs import RUN_NAME_TAG
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,8 @@ def _gone_pid_tags() -> dict[str, str]:
     proc = subprocess.Popen([sys.executable, "-c", "import os, psutil; print(psutil.Process().create_time())"],
                             stdout=subprocess.PIPE, text=True)
     started = proc.communicate()[0].strip()
-    tags = runs.driver_tags()
-    tags.update({runs.DRIVER_PID: str(proc.pid), runs.DRIVER_STARTED: started})
+    tags = driver_tags()
+    tags.update({DRIVER_PID: str(proc.pid), DRIVER_STARTED: started})
     return tags
 
 
@@ -40,7 +42,7 @@ def _run(store, name, tags, storage=None, status=None):
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("codetr_tiny").experiment_id
     run = client.create_run(experiment, run_name=name, tags={RUN_NAME_TAG: name, **tags,
-                                                            runs.RESUME_COMMAND: f"python -m platform.train "
+                                                            RESUME_COMMAND: f"python -m platform.train "
                                                                                  f"platform.run_name={name}"})
     if storage:
         client.log_param(run.info.run_id, "platform.storage_path", str(storage))
@@ -50,19 +52,19 @@ def _run(store, name, tags, storage=None, status=None):
 
 
 def test_driver_state_tells_alive_from_gone_and_reused_pids():
-    assert runs.driver_state(runs.driver_tags()) == "alive"
-    assert runs.driver_state(_gone_pid_tags()) == "gone"
-    reused = {**runs.driver_tags(), runs.DRIVER_STARTED: "12.0"}      # this pid, but another process's start
-    assert runs.driver_state(reused) == "gone"
-    assert runs.driver_state({**runs.driver_tags(), runs.DRIVER_HOST: "elsewhere"}) == "unknown"
-    assert runs.driver_state({}) == "unknown"
+    assert driver_state(driver_tags()) == "alive"
+    assert driver_state(_gone_pid_tags()) == "gone"
+    reused = {**driver_tags(), DRIVER_STARTED: "12.0"}      # this pid, but another process's start
+    assert driver_state(reused) == "gone"
+    assert driver_state({**driver_tags(), DRIVER_HOST: "elsewhere"}) == "unknown"
+    assert driver_state({}) == "unknown"
 
 
 def test_list_shows_orphans_with_their_checkpoint_and_resume_command_and_close_fails_them(store, tmp_path, capsys):
     save_checkpoint(tmp_path / "runs" / "orphan" / "checkpoint_2026-01-01_00-00-00.000000" / CHECKPOINT_FILE,
                     {"iteration": 4})
     orphan = _run(store, "orphan", _gone_pid_tags(), storage=tmp_path / "runs")
-    alive = _run(store, "alive", runs.driver_tags())
+    alive = _run(store, "alive", driver_tags())
     _run(store, "done", _gone_pid_tags(), status="FINISHED")
     assert runs.main(["--tracking-uri", store, "list"]) == 0
     out = capsys.readouterr().out
@@ -73,7 +75,7 @@ def test_list_shows_orphans_with_their_checkpoint_and_resume_command_and_close_f
     assert runs.main(["close", "alive", "--tracking-uri", store]) == 1          # a live driver is left alone
     assert runs.main(["close", "orphan", "--tracking-uri", store]) == 0
     run = MlflowClient(store).get_run(orphan)
-    assert run.info.status == "FAILED" and "driver gone: pid" in run.data.tags[runs.END_REASON]
+    assert run.info.status == "FAILED" and "driver gone: pid" in run.data.tags[END_REASON]
     assert MlflowClient(store).get_run(alive).info.status == "RUNNING"
     capsys.readouterr()
     runs.main(["--tracking-uri", store, "list"])

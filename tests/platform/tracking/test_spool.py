@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from platform.spool import Spool, SpoolingRunLogger, end_run_or_spool, is_transient
+from platform.tracking.spool import Spool, SpoolingRunLogger, end_run_or_spool, is_transient
 from tests.platform.helpers import MlflowServer, free_port
 
 

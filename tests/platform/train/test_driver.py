@@ -9,12 +9,13 @@ from mlflow.tracking import MlflowClient
 
 from codetr.config import ConfigError, load_config
 from codetr.engine import LogRecord
-from platform import tracking
-from platform.runtime import (REPO_ROOT, UPLOAD_EXCLUDES, absolutize_paths, check_run_name, load_run_config,
-                              resolve_config_path, runtime_env)
-from platform.train import derived_params, resume_command
-from platform.visualize import draw_detections, plot_loss_curves
-from platform.worker import progress_line
+from platform.tracking import mlflow_runs as tracking
+from platform.core.config_files import REPO_ROOT, absolutize_paths, check_run_name, load_run_config, resolve_config_path
+from platform.core.ray_cluster import UPLOAD_EXCLUDES, runtime_env
+from platform.train.records import derived_params
+from platform.train.summary import resume_command
+from platform.core.visualize import draw_detections, plot_loss_curves
+from platform.train.reporter import progress_line
 
 
 def test_config_names_resolve_to_experiments():
@@ -108,7 +109,7 @@ def test_drawings_and_plot():
 
 
 def test_readme_starts_with_the_two_commands_and_lists_every_config_key():
-    from platform.config_reference import rows
+    from platform.core.config_docs import rows
 
     readme = (REPO_ROOT / "README.md").read_text()
     train_at = readme.index("python -m platform.train\n")
@@ -124,7 +125,7 @@ def test_resume_command_pins_the_run_name():
 
 
 def test_fit_interruptibly_returns_and_reraises():
-    from platform.train import fit_interruptibly
+    from platform.train.trainer import fit_interruptibly
 
     class Trainer:
         def __init__(self, outcome):
