@@ -439,141 +439,20 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
     Raises ConfigError naming the offending field or key; nothing here starts Ray.
     """
-    path = Path(path)
-    if not path.is_file():
-        for candidate in (EXPERIMENTS / path, EXPERIMENTS / f"{path}.yaml"):
-            if candidate.is_file():
-                path = candidate
-                break
-        else:
-            raise ConfigError(f"sweep file not found: {path}")
-    with open(path) as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    path, raw = _read_sweep_file(path)
     sweep_overrides, base_overrides = _split_overrides(list(overrides))
-    for parts, _ in sweep_overrides:   # seeds / repeats on the command line replace the file's either
-        if parts[0] in ("seeds", "repeats"):
-            raw.pop("repeats" if parts[0] == "seeds" else "seeds", None)
-    for parts, value in sweep_overrides:
-        if parts[0] == "search_space" and len(parts) > 1:
-            raw.setdefault("search_space", {})
-            raw["search_space"] = dict(raw["search_space"] or {})
-            raw["search_space"][".".join(parts[1:])] = value
-        else:
-            raw = apply_overrides(raw, [f"{'.'.join(parts)}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
-            if value is None:
-                raw = set_dotted(raw, ".".join(parts), None)
+    raw = _apply_sweep_overrides(raw, sweep_overrides)
     for key in raw:
         if key not in FIELDS:
             raise ConfigError(f"{path}: unknown sweep field {key!r}{_close(str(key), list(FIELDS))}; "
                               f"valid fields: {', '.join(FIELDS)} (config keys go under 'overrides')")
-
-    if "base" not in raw:
-        raise ConfigError(f"{path}: 'base' (the config every trial starts from) is required")
-    base = _resolve_base(str(raw["base"]), path)
-    file_overrides = raw.get("overrides") or {}
-    if not isinstance(file_overrides, dict):
-        raise ConfigError(f"{path}: 'overrides' must be a mapping of dotted config keys to values")
-    for key in file_overrides:
-        if not has_key(Config, str(key)):
-            raise ConfigError(f"overrides: {key!r} is not a config key")
-    merged_overrides = dict(file_overrides)
-    for text in base_overrides:
-        parts, value = parse_override(text)
-        merged_overrides[".".join(parts)] = value
-    for key in merged_overrides:
-        if not has_key(Config, key):
-            raise ConfigError(f"override {key!r} is neither a sweep field ({', '.join(FIELDS)}) nor a config key")
-
-    resources = raw.get("resources") or {}
-    if not isinstance(resources, dict):
-        raise ConfigError("resources: must be a mapping with num_workers, cpus_per_worker, gpus_per_worker")
-    for key, value in resources.items():
-        if key not in RESOURCE_FIELDS:
-            raise ConfigError(f"resources: unknown field {key!r}{_close(str(key), list(RESOURCE_FIELDS))}")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"resources.{key}: must be a number >= 0, got {value!r}")
-    if resources.get("num_workers", 1) < 1:
-        raise ConfigError("resources.num_workers: must be >= 1")
-
+    base, merged_overrides = _parse_base(raw, path, base_overrides)
+    resources = _parse_resources(raw)
     base_cfg = build_base_config(str(base), merged_overrides, resources)
-    base_dict = to_dict(base_cfg)
-
-    space_raw = raw.get("search_space") or {}
-    valid_keys = _config_keys(base_dict)
-    listed = None
-    if raw.get("configurations") is not None:
-        if space_raw:
-            raise ConfigError(f"{path}: give 'search_space' (a grid or sampled domains) or 'configurations' "
-                              "(a list of runs), not both")
-        space_raw, (space, listed) = {}, _parse_configurations(raw["configurations"], base_dict, valid_keys)
-    elif not isinstance(space_raw, dict) or not space_raw:
-        raise ConfigError(f"{path}: 'search_space' must map at least one dotted config key to a domain "
-                          "(or 'configurations' list the runs)")
-    else:
-        space = {}
-    for key, spec in space_raw.items():
-        key = str(key)
-        if not has_key(Config, key):
-            raise ConfigError(f"search_space: {key!r} is not a config key{_close(key, valid_keys)}")
-        domain = _parse_domain(key, spec)
-        for value in domain.edge_values():
-            try:
-                trial_config(base_dict, {key: value})
-            except ConfigError as e:
-                raise ConfigError(f"search_space.{key}: value {value!r} gives an invalid config: {e}") from e
-        space[key] = domain
-
-    metric = raw.get("metric", "coco/AP")
-    if not isinstance(metric, str) or not metric:
-        raise ConfigError(f"metric: must be a metric name such as 'coco/AP', got {metric!r}")
-    mode = raw.get("mode", "max")
-    if mode not in ("max", "min"):
-        raise ConfigError(f"mode: must be 'max' or 'min', got {mode!r}")
-
-    scheduler = dict(raw.get("scheduler") or {"type": "none"})
-    kind = scheduler.get("type", "asha")
-    if kind not in SCHEDULERS:
-        raise ConfigError(f"scheduler.type: {kind!r} is not one of {list(SCHEDULERS)}")
-    scheduler["type"] = kind
-    if kind == "asha":
-        for key in scheduler:
-            if key not in ASHA_FIELDS:
-                raise ConfigError(f"scheduler: unknown ASHA field {key!r}{_close(str(key), list(ASHA_FIELDS))}")
-        scheduler.setdefault("grace_period", 1)
-        scheduler.setdefault("reduction_factor", 2)
-        scheduler.setdefault("max_epochs", base_cfg.train.epochs)
-        _check_int(scheduler["grace_period"], "scheduler.grace_period", 1)
-        _check_int(scheduler["max_epochs"], "scheduler.max_epochs", 1)
-        rf = scheduler["reduction_factor"]
-        if not isinstance(rf, (int, float)) or isinstance(rf, bool) or rf <= 1:
-            raise ConfigError(f"scheduler.reduction_factor: must be > 1, got {rf!r}")
-        if scheduler["grace_period"] > scheduler["max_epochs"]:
-            raise ConfigError(f"scheduler.grace_period ({scheduler['grace_period']}) must be <= "
-                              f"scheduler.max_epochs ({scheduler['max_epochs']})")
-    else:   # other fields are ASHA's (e.g. left over after scheduler.type=none on the command line)
-        scheduler = {"type": "none"}
-
-    search_alg = raw.get("search_alg")
-    if isinstance(search_alg, dict):
-        search_alg = search_alg.get("type")
-    if search_alg is not None:
-        if search_alg not in SEARCH_ALGS:
-            raise ConfigError(f"search_alg: {search_alg!r} is not one of {list(SEARCH_ALGS)} (or null)")
-        if search_alg != "random":
-            if importlib.util.find_spec(search_alg) is None:
-                raise ConfigError(f"search_alg: {search_alg} needs the {search_alg!r} package (pip install {search_alg})")
-            grid = [k for k, d in space.items() if d.kind == "grid"]
-            if grid:
-                raise ConfigError(f"search_alg: {search_alg} cannot search grid domains ({', '.join(grid)}); "
-                                  "use choice, or search_alg: random")
-        if search_alg == "random":
-            search_alg = None
-
+    space, listed = _parse_search_space(raw, path, to_dict(base_cfg))
+    metric, mode = _parse_metric(raw)
+    scheduler = _parse_scheduler(raw, base_cfg)
+    search_alg = _parse_search_alg(raw, space)
     num_samples = _check_int(raw.get("num_samples", 1), "num_samples", 1)
     seeds = _parse_seeds(raw, path)
     _check_repeats(seeds, space, num_samples, scheduler, search_alg)
@@ -581,9 +460,7 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if trial_runner not in TRIAL_RUNNERS:
         raise ConfigError(f"trial_runner: {trial_runner!r} is not one of {list(TRIAL_RUNNERS)}"
                           f"{_close(str(trial_runner), list(TRIAL_RUNNERS))}")
-
     name = raw.get("name") or path.stem
-
     check_run_name(str(name))
     storage_path = str(raw.get("storage_path", "runs/sweeps"))
     if "://" not in storage_path:   # trials run elsewhere (Ray workers): an absolute path
@@ -616,3 +493,161 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                               "them differ only in keys without effect there, e.g. lambda1 with no auxiliary head)")
     spec.baseline = _parse_baseline(raw.get("baseline"), space, spec)
     return spec
+
+
+def _read_sweep_file(path: str | Path) -> tuple[Path, dict]:
+    """``(path, its YAML mapping)``: a path, or a name in ``experiments/``."""
+    path = Path(path)
+    if not path.is_file():
+        for candidate in (EXPERIMENTS / path, EXPERIMENTS / f"{path}.yaml"):
+            if candidate.is_file():
+                path = candidate
+                break
+        else:
+            raise ConfigError(f"sweep file not found: {path}")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return path, raw
+
+
+def _apply_sweep_overrides(raw: dict, sweep_overrides: list[tuple[list[str], Any]]) -> dict:
+    """The command line's sweep-file overrides applied to the file's mapping."""
+    for parts, _ in sweep_overrides:   # seeds / repeats on the command line replace the file's either
+        if parts[0] in ("seeds", "repeats"):
+            raw.pop("repeats" if parts[0] == "seeds" else "seeds", None)
+    for parts, value in sweep_overrides:
+        if parts[0] == "search_space" and len(parts) > 1:
+            raw.setdefault("search_space", {})
+            raw["search_space"] = dict(raw["search_space"] or {})
+            raw["search_space"][".".join(parts[1:])] = value
+        else:
+            raw = apply_overrides(raw, [f"{'.'.join(parts)}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+            if value is None:
+                raw = set_dotted(raw, ".".join(parts), None)
+    return raw
+
+
+def _parse_base(raw: dict, path: Path, base_overrides: list[str]) -> tuple[Path, dict[str, Any]]:
+    """``(base config file, the overrides of the file and of the command line by dotted key)``."""
+    if "base" not in raw:
+        raise ConfigError(f"{path}: 'base' (the config every trial starts from) is required")
+    base = _resolve_base(str(raw["base"]), path)
+    file_overrides = raw.get("overrides") or {}
+    if not isinstance(file_overrides, dict):
+        raise ConfigError(f"{path}: 'overrides' must be a mapping of dotted config keys to values")
+    for key in file_overrides:
+        if not has_key(Config, str(key)):
+            raise ConfigError(f"overrides: {key!r} is not a config key")
+    merged_overrides = dict(file_overrides)
+    for text in base_overrides:
+        parts, value = parse_override(text)
+        merged_overrides[".".join(parts)] = value
+    for key in merged_overrides:
+        if not has_key(Config, key):
+            raise ConfigError(f"override {key!r} is neither a sweep field ({', '.join(FIELDS)}) nor a config key")
+    return base, merged_overrides
+
+
+def _parse_resources(raw: dict) -> dict[str, float]:
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError("resources: must be a mapping with num_workers, cpus_per_worker, gpus_per_worker")
+    for key, value in resources.items():
+        if key not in RESOURCE_FIELDS:
+            raise ConfigError(f"resources: unknown field {key!r}{_close(str(key), list(RESOURCE_FIELDS))}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"resources.{key}: must be a number >= 0, got {value!r}")
+    if resources.get("num_workers", 1) < 1:
+        raise ConfigError("resources.num_workers: must be >= 1")
+    return resources
+
+
+def _parse_search_space(raw: dict, path: Path, base_dict: dict) -> tuple[dict[str, Domain], list[dict] | None]:
+    """``(domains by dotted key, the listed configurations or None)``: a search space, or the runs of
+    ``configurations``; every domain's edge values must give a valid config."""
+    space_raw = raw.get("search_space") or {}
+    valid_keys = _config_keys(base_dict)
+    listed = None
+    if raw.get("configurations") is not None:
+        if space_raw:
+            raise ConfigError(f"{path}: give 'search_space' (a grid or sampled domains) or 'configurations' "
+                              "(a list of runs), not both")
+        space_raw, (space, listed) = {}, _parse_configurations(raw["configurations"], base_dict, valid_keys)
+    elif not isinstance(space_raw, dict) or not space_raw:
+        raise ConfigError(f"{path}: 'search_space' must map at least one dotted config key to a domain "
+                          "(or 'configurations' list the runs)")
+    else:
+        space = {}
+    for key, spec in space_raw.items():
+        key = str(key)
+        if not has_key(Config, key):
+            raise ConfigError(f"search_space: {key!r} is not a config key{_close(key, valid_keys)}")
+        domain = _parse_domain(key, spec)
+        for value in domain.edge_values():
+            try:
+                trial_config(base_dict, {key: value})
+            except ConfigError as e:
+                raise ConfigError(f"search_space.{key}: value {value!r} gives an invalid config: {e}") from e
+        space[key] = domain
+    return space, listed
+
+
+def _parse_metric(raw: dict) -> tuple[str, str]:
+    metric = raw.get("metric", "coco/AP")
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"metric: must be a metric name such as 'coco/AP', got {metric!r}")
+    mode = raw.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"mode: must be 'max' or 'min', got {mode!r}")
+    return metric, mode
+
+
+def _parse_scheduler(raw: dict, base_cfg: Config) -> dict[str, Any]:
+    """``{"type": "none"}`` or ASHA's fields with their defaults (``max_epochs``: the base's ``train.epochs``)."""
+    scheduler = dict(raw.get("scheduler") or {"type": "none"})
+    kind = scheduler.get("type", "asha")
+    if kind not in SCHEDULERS:
+        raise ConfigError(f"scheduler.type: {kind!r} is not one of {list(SCHEDULERS)}")
+    if kind != "asha":   # other fields are ASHA's (e.g. left over after scheduler.type=none on the command line)
+        return {"type": "none"}
+    scheduler["type"] = kind
+    for key in scheduler:
+        if key not in ASHA_FIELDS:
+            raise ConfigError(f"scheduler: unknown ASHA field {key!r}{_close(str(key), list(ASHA_FIELDS))}")
+    scheduler.setdefault("grace_period", 1)
+    scheduler.setdefault("reduction_factor", 2)
+    scheduler.setdefault("max_epochs", base_cfg.train.epochs)
+    _check_int(scheduler["grace_period"], "scheduler.grace_period", 1)
+    _check_int(scheduler["max_epochs"], "scheduler.max_epochs", 1)
+    rf = scheduler["reduction_factor"]
+    if not isinstance(rf, (int, float)) or isinstance(rf, bool) or rf <= 1:
+        raise ConfigError(f"scheduler.reduction_factor: must be > 1, got {rf!r}")
+    if scheduler["grace_period"] > scheduler["max_epochs"]:
+        raise ConfigError(f"scheduler.grace_period ({scheduler['grace_period']}) must be <= "
+                          f"scheduler.max_epochs ({scheduler['max_epochs']})")
+    return scheduler
+
+
+def _parse_search_alg(raw: dict, space: dict[str, Domain]) -> str | None:
+    """``optuna`` / ``hyperopt`` (installed, and no grid domains), or None (Tune's random variant generator)."""
+    search_alg = raw.get("search_alg")
+    if isinstance(search_alg, dict):
+        search_alg = search_alg.get("type")
+    if search_alg is None:
+        return None
+    if search_alg not in SEARCH_ALGS:
+        raise ConfigError(f"search_alg: {search_alg!r} is not one of {list(SEARCH_ALGS)} (or null)")
+    if search_alg == "random":
+        return None
+    if importlib.util.find_spec(search_alg) is None:
+        raise ConfigError(f"search_alg: {search_alg} needs the {search_alg!r} package (pip install {search_alg})")
+    grid = [k for k, d in space.items() if d.kind == "grid"]
+    if grid:
+        raise ConfigError(f"search_alg: {search_alg} cannot search grid domains ({', '.join(grid)}); "
+                          "use choice, or search_alg: random")
+    return search_alg
