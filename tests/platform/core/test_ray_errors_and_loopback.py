@@ -18,9 +18,9 @@ pytestmark = pytest.mark.slow
 SCRIPT = r'''
 import json, os, psutil
 from platform.core.loopback import keep_local_ray_on_loopback
-from platform.core.ray_cluster import init_ray
-keep_local_ray_on_loopback()
+keep_local_ray_on_loopback()   # before anything imports ray, as python -m platform.train does
 import ray
+from platform.core.ray_cluster import init_ray
 from codetr.config import load_config
 from codetr.data import BadImageError, MissingImagesError
 from codetr.errors import CheckpointError, NonFiniteLossError
