@@ -1,7 +1,8 @@
 """The reference of every config key (dotted name, default, comment) as a Markdown table.
 
 The text comes from the typed schema itself (``codetr/config/*.py``): each field's inline comment, or the
-comment lines just above it. The README's key reference is this output (``python -m platform.config_reference``).
+comment lines just above it. The key reference in docs/configuration.md is this output
+(``python -m platform.config_reference``).
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ A sweep file (``experiments/sweep*.yaml``)::
 
 Repeats (``seeds`` / ``repeats``) need grid domains only (a configuration must be the same on every
 seed), ``num_samples: 1``, no ``search_alg`` and ``scheduler: {type: none}``: every trial runs to the
-end, so that every configuration is compared on every seed at the same epoch (README, "Sweeps").
+end, so that every configuration is compared on every seed at the same epoch (docs/sweeps.md, "Repeats").
 ``baseline`` maps swept keys to values and must pick exactly one configuration of the grid.
 
 Command-line ``key=value`` overrides go to the sweep file when the first part of the key is one
@@ -352,7 +352,7 @@ def _check_repeats(seeds: list[int] | None, space: dict[str, Domain], num_sample
     if scheduler["type"] != "none":
         raise ConfigError(f"scheduler: {scheduler['type']} cannot be combined with {what}: early stopping would "
                           "cut a configuration on one seed's result, and the comparisons need every configuration "
-                          "at the same epoch on every seed; set scheduler: {type: none} (README, Sweeps)")
+                          "at the same epoch on every seed; set scheduler: {type: none} (docs/sweeps.md, Repeats)")
 
 
 def _parse_baseline(raw: Any, space: dict[str, Domain], spec: "SweepSpec") -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Swin backbone: output levels, odd sizes, the official shift rule, weights files, the detector on top.
 
-Numerical parity with the official SwinTransformerV1 was checked outside the test suite (README,
+Numerical parity with the official SwinTransformerV1 was checked outside the test suite (docs/parity.md,
 "Swin backbones"); here: behaviour against torchvision's own Swin where the two architectures agree.
 """
 import pytest

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from codetr.config import ConfigError, load_config
 from codetr.engine import LogRecord
 from platform.tracking import mlflow_runs as tracking
+from platform.core.config_docs import rows as config_rows
 from platform.core.config_files import REPO_ROOT, absolutize_paths, check_run_name, load_run_config, resolve_config_path
 from platform.core.ray_cluster import UPLOAD_EXCLUDES, runtime_env
 from platform.train.records import derived_params
@@ -108,15 +109,16 @@ def test_drawings_and_plot():
     assert len(fig.axes) == 2
 
 
-def test_readme_starts_with_the_two_commands_and_lists_every_config_key():
-    from platform.core.config_docs import rows
-
+def test_readme_starts_with_the_two_commands_and_the_docs_list_every_config_key():
     readme = (REPO_ROOT / "README.md").read_text()
     train_at = readme.index("python -m platform.train\n")
     test_at = readme.index("python -m pytest -q\n")
-    assert train_at < test_at < readme.index("## What a run leaves behind")
-    missing = [key for key, _, _ in rows() if f"`{key}`" not in readme]
-    assert not missing, f"README config reference is stale (python -m platform.config_reference): {missing}"
+    second_section = readme.index("\n## ", readme.index("\n## ") + 1)   # the end of the first section
+    assert train_at < test_at < second_section and readme.count("\n", 0, test_at) < 30
+    reference = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    missing = [key for key, _, _ in config_rows() if f"`{key}`" not in reference]
+    assert not missing, f"docs/configuration.md is stale (python -m platform.config_reference): {missing}"
+    assert "docs/configuration.md" in readme   # the README says where the reference is
 
 
 def test_resume_command_pins_the_run_name():
