@@ -19,6 +19,7 @@ A sweep's trials reuse the same records (:mod:`platform.train.records`) and trai
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -42,6 +43,7 @@ from platform.tracking.source import source_tags
 from platform.tracking.spool import Spool, end_run_or_spool, is_transient, spool_dir
 from platform.train.failures import (describe_failure, first_line, previous_end_state, restore_end_state,
                                      write_traceback)
+from platform.train.process_cpu import CpuSampler, breakdown_line
 from platform.train.records import RunData, describe_data, log_checkpoint_model, log_run_inputs
 from platform.train.summary import print_summary, resume_command
 from platform.train.trainer import build_trainer, fit_interruptibly
@@ -89,6 +91,17 @@ class RunSession:
         self.resumed = False
         self.previous_end: tuple[str, int | None] | None = None
         self.outcome = Outcome()
+        self.step_s: dict[str, float] = {}           # wall seconds of each driver step (run/time/<step>_s)
+        self.cpu_s: dict[str, float] = {}            # CPU seconds by process group while training (run/cpu_s/*)
+
+    @contextlib.contextmanager
+    def timed(self, step: str):
+        """Record the wall time of one driver step (summed when a step runs more than once)."""
+        started = time.time()
+        try:
+            yield
+        finally:
+            self.step_s[step] = self.step_s.get(step, 0.0) + time.time() - started
 
     # ------------------------------------------------------------------------------- 1. command line
 
@@ -125,7 +138,8 @@ class RunSession:
         """Build the datasets on the driver (:func:`platform.train.records.describe_data`); a bad
         annotation file or a config / data mismatch is a :class:`UsageError`, before any run exists."""
         try:
-            self.data = describe_data(self.cfg)
+            with self.timed("data"):
+                self.data = describe_data(self.cfg)
         except CodetrError as e:
             if self.verbose:
                 traceback.print_exc()
@@ -182,17 +196,18 @@ class RunSession:
         checkpoint_before = latest_checkpoint(self.cfg.platform.storage_path, self.run_name)
         previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
-            log_run_inputs(self.tracking_uri, self.run_id, self.cfg, self.data)
+            with self.timed("mlflow"):
+                log_run_inputs(self.tracking_uri, self.run_id, self.cfg, self.data)
             print(f"[platform] MLflow run {self.run_id} ({'resumed' if self.resumed else 'new'}) at "
                   f"{self.tracking_uri}", flush=True)
-            print(f"[platform] {init_ray(self.cfg)}", flush=True)
-            loop_config = make_loop_config(to_dict(self.cfg), tracking_uri=self.tracking_uri, mlflow_run_id=self.run_id,
-                                           resume_from=self.resume_from)
-            result = fit_interruptibly(build_trainer(self.cfg, loop_config, self.run_name))
+            with self.timed("ray_start"):
+                print(f"[platform] {init_ray(self.cfg)}", flush=True)
+            result = self._fit()
             self.outcome.checkpoint_path = result.checkpoint.path if result.checkpoint else None
             self.outcome.status, self.outcome.code = "FINISHED", EXIT_OK
             if self.cfg.platform.log_model and result.checkpoint is not None:
-                self._log_model(result.checkpoint)
+                with self.timed("log_model"):
+                    self._log_model(result.checkpoint)
         except KeyboardInterrupt:
             self.outcome.status, self.outcome.code = "KILLED", EXIT_KILLED
             print("\n[platform] interrupted: stopping the workers, the MLflow run ends KILLED", flush=True)
@@ -200,12 +215,37 @@ class RunSession:
             self._record_failure(e)
         finally:
             try:
+                self._log_run_costs()
                 self._end_mlflow_run(checkpoint_before)
             finally:
                 signal.signal(signal.SIGTERM, previous_sigterm)
                 if ray.is_initialized():
                     ray.shutdown()
         return self.outcome
+
+    def _fit(self):
+        """Fit the run's ``TorchTrainer``, measuring the CPU seconds of every process of the run meanwhile
+        (:mod:`platform.train.process_cpu`)."""
+        loop_config = make_loop_config(to_dict(self.cfg), tracking_uri=self.tracking_uri, mlflow_run_id=self.run_id,
+                                       resume_from=self.resume_from)
+        sampler = CpuSampler()
+        try:
+            with sampler, self.timed("fit"):
+                return fit_interruptibly(build_trainer(self.cfg, loop_config, self.run_name))
+        finally:
+            self.cpu_s = sampler.breakdown()
+
+    def _log_run_costs(self) -> None:
+        """The driver's step times and the run's CPU seconds by process group, as metrics of the run
+        (best effort: they must not change how the run ends)."""
+        if not self.run_id or Spool(self.spool_folder).pending():   # MLflow is away: not worth a wait
+            return
+        metrics = {f"run/time/{step}_s": seconds for step, seconds in self.step_s.items()}
+        metrics.update({f"run/cpu_s/{group}": seconds for group, seconds in self.cpu_s.items()})
+        try:
+            mlflow_runs.RunLogger(self.tracking_uri, self.run_id).log_metrics(metrics, step=0)
+        except Exception as e:
+            print(f"[platform] note: the run's time and CPU figures were not logged ({first_line(e)})", flush=True)
 
     def _log_model(self, checkpoint) -> None:
         """The deployable model of the final checkpoint; MLflow being away leaves the run FINISHED with the
@@ -265,6 +305,8 @@ class RunSession:
     # --------------------------------------------------------------------------------- 5. summary
 
     def print_summary(self) -> None:
+        if self.cpu_s:
+            print(f"[platform] {breakdown_line(self.cpu_s, self.step_s.get('fit', 0.0))} (while training)", flush=True)
         out = self.outcome
         pending = Spool(self.spool_folder).pending()
         print_summary(out.status, self.run_name, self.tracking_uri, self.run_id, time.time() - self.start,
