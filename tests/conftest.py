@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# The fused deformable attention's kernels run in Triton's interpreter in the tests (on the CPU:
+# tests/codetr/ops/test_ms_deform_attn_triton.py). The interpreter must be chosen before triton is
+# first imported (triton.language decorates its own helpers then), so here, before any test module
+# imports codetr. TRITON_INTERPRET=0 in the shell keeps the compiled kernels: those tests then run on the GPU.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture
 def clean_env(monkeypatch):

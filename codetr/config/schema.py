@@ -149,6 +149,7 @@ class ModelConfig:
     encoder_checkpoint_layers: int = 0  # activation checkpointing of the first N encoder layers (all when fewer; official Co-DINO: 4)
     num_heads: int = 8
     num_points: int = 4
+    msda_impl: Literal["auto", "pytorch", "triton"] = "auto"  # deformable attention op: triton = fused kernels (CUDA), pytorch = grid_sample; auto: triton on CUDA when it imports
     ffn_dims: int = 2048
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from codetr.ops import multi_scale_deformable_attention
+from codetr.ops import ms_deform_attn
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -14,10 +14,13 @@ class MultiScaleDeformableAttention(nn.Module):
 
     Initialised as the reference: sampling offsets start on a ring of directions (one per head)
     at growing radii per point, attention weights start uniform, projections Xavier.
+    ``msda_impl`` picks the sampling op: auto, pytorch or triton (:mod:`codetr.ops.ms_deform_attn_dispatch`).
     """
 
-    def __init__(self, embed_dims: int, num_heads: int, num_levels: int, num_points: int) -> None:
+    def __init__(self, embed_dims: int, num_heads: int, num_levels: int, num_points: int,
+                 msda_impl: str = "auto") -> None:
         super().__init__()
+        self.msda_impl = msda_impl
         self.embed_dims = embed_dims
         self.num_heads = num_heads
         self.num_levels = num_levels
@@ -79,5 +82,5 @@ class MultiScaleDeformableAttention(nn.Module):
                 offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5
         else:
             raise ValueError(f"reference_points must end in 2 or 4, got {tuple(reference_points.shape)}")
-        output = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
+        output = ms_deform_attn(value, spatial_shapes, locations, weights, impl=self.msda_impl)
         return self.output_proj(output)

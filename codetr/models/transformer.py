@@ -35,9 +35,9 @@ class EncoderLayer(nn.Module):
     """self deformable attention -> norm -> FFN -> norm."""
 
     def __init__(self, embed_dims: int, num_heads: int, num_levels: int, num_points: int, ffn_dims: int,
-                 dropout: float) -> None:
+                 dropout: float, msda_impl: str = "auto") -> None:
         super().__init__()
-        self.self_attn = MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points)
+        self.self_attn = MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points, msda_impl)
         self.dropout = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
         self.ffn = FFN(embed_dims, ffn_dims, dropout)
@@ -54,12 +54,12 @@ class DecoderLayer(nn.Module):
     """self attention -> norm -> deformable cross attention -> norm -> FFN -> norm."""
 
     def __init__(self, embed_dims: int, num_heads: int, num_levels: int, num_points: int, ffn_dims: int,
-                 dropout: float) -> None:
+                 dropout: float, msda_impl: str = "auto") -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(embed_dims, num_heads, dropout=dropout, batch_first=True)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dims)
-        self.cross_attn = MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points)
+        self.cross_attn = MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points, msda_impl)
         self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(embed_dims)
         self.ffn = FFN(embed_dims, ffn_dims, dropout)

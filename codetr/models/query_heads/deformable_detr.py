@@ -122,7 +122,8 @@ class QueryHead(nn.Module):
         self.num_levels = cfg.num_levels
         self.mixed_selection = cfg.mixed_selection
         layer_kwargs = dict(embed_dims=d, num_heads=cfg.num_heads, num_levels=cfg.num_levels,
-                            num_points=cfg.num_points, ffn_dims=cfg.ffn_dims, dropout=cfg.dropout)
+                            num_points=cfg.num_points, ffn_dims=cfg.ffn_dims, dropout=cfg.dropout,
+                            msda_impl=cfg.msda_impl)
         self.positional_encoding = SinePositionalEncoding(d // 2)
         self.level_embeds = nn.Parameter(torch.empty(cfg.num_levels, d))
         self.encoder = DeformableEncoder(cfg.num_encoder_layers, checkpoint_layers=cfg.encoder_checkpoint_layers,

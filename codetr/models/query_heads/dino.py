@@ -88,7 +88,7 @@ class DINOQueryHead(nn.Module):
         self.num_classes = num_classes
         self.num_queries = cfg.num_queries
         layer_kwargs = dict(num_heads=cfg.num_heads, num_levels=cfg.num_levels, num_points=cfg.num_points,
-                            ffn_dims=cfg.ffn_dims, dropout=cfg.dropout)
+                            ffn_dims=cfg.ffn_dims, dropout=cfg.dropout, msda_impl=cfg.msda_impl)
         # DINO's positional encoding: temperature 20, no offset
         self.positional_encoding = SinePositionalEncoding(d // 2, temperature=20.0, offset=0.0)
         self.level_embeds = nn.Parameter(torch.empty(cfg.num_levels, d))

@@ -37,6 +37,8 @@ def test_wrong_type_and_range_name_the_key():
         load_config(None, ["model.aux_heads=[atss, yolo]"])
     with pytest.raises(ConfigError, match=r"model\.backbone\.depth"):
         load_config(None, ["model.backbone.depth=42"])
+    with pytest.raises(ConfigError, match=r"model\.msda_impl: 'cuda' is not one of \['auto', 'pytorch', 'triton'\]"):
+        load_config(None, ["model.msda_impl=cuda"])
     with pytest.raises(ConfigError, match="key.sub=value"):
         load_config(None, ["model.lambda1"])
 
