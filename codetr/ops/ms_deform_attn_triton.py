@@ -29,13 +29,12 @@ from typing import Sequence
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.jit import JITFunction
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 BLOCK_Q_FORWARD = 64     # queries per program in the forward
 BLOCK_Q_BACKWARD = 32    # ... in the backward (it holds the output gradient tile too)
-# True when this process runs Triton's interpreter (TRITON_INTERPRET=1 when triton was imported)
-INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
@@ -162,6 +161,11 @@ def _backward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, weight_ptr, gra
                      mask=q_ok)
             tl.store(grad_loc_ptr + 2 * idx + 1,
                      (attn * height.to(ACC) * grad_y).to(grad_loc_ptr.dtype.element_ty), mask=q_ok)
+
+
+# True when this process runs Triton's interpreter (TRITON_INTERPRET=1 when triton was imported):
+# triton.jit then wraps the kernels for the interpreter instead of compiling them
+INTERPRETED = not isinstance(_forward_kernel, JITFunction)
 
 
 def _check_device(*tensors: Tensor) -> None:
