@@ -76,10 +76,11 @@ TRAIN_RESERVE_S = 170.0           # kept for section (c) while (b) runs
 TRAIN_ITERS = 50
 
 # Section (b) in --smoke: the same configs, shrunk (a frozen ResNet-18, 32 channels, one layer each, few queries)
-SMOKE_MODEL = ["model.backbone.depth=18", "model.backbone.frozen_stages=4", "model.embed_dims=32", "model.num_heads=2", "model.ffn_dims=64",
-               "model.num_encoder_layers=1", "model.num_decoder_layers=1", "model.num_queries=20",
-               "model.max_pos_queries=10", "model.dn.num_queries=10", "model.aux.faster_rcnn.fc_dims=64",
-               "model.aux.faster_rcnn.roi_batch_size=32", "model.aux.faster_rcnn.rpn_post_nms_top_n=50"]
+SMOKE_MODEL = ["model.backbone.depth=18", "model.backbone.frozen_stages=4", "model.embed_dims=32",
+               "model.num_heads=2", "model.ffn_dims=64", "model.num_encoder_layers=1", "model.num_decoder_layers=1",
+               "model.num_queries=20", "model.max_pos_queries=10", "model.dn.num_queries=10",
+               "model.aux.faster_rcnn.fc_dims=64", "model.aux.faster_rcnn.roi_batch_size=32",
+               "model.aux.faster_rcnn.rpn_post_nms_top_n=50"]
 
 
 @dataclass
@@ -135,7 +136,7 @@ def fmt_mb(value: float | None) -> str:
 
 
 def level_shapes(height: int, width: int, num_levels: int) -> list[tuple[int, int]]:
-    """(h, w) per level of a padded image: strides 8-64 (4 levels) or 4-64 (5 levels), each stride-2 halving rounding up."""
+    """(h, w) per level of a padded image: strides 8-64 (4 levels) or 4-64 (5 levels), halving and rounding up."""
     shapes, h, w = [], height, width
     for stride in (2, 4, 8, 16, 32, 64):
         h, w = math.ceil(h / 2), math.ceil(w / 2)
@@ -378,7 +379,8 @@ def run_train(args: argparse.Namespace, deadline: float) -> list[Row]:
         wall = time.time() - start
     rates = re.findall(r"([0-9.]+) img/s", output)
     if proc.returncode != 0 or "FINISHED" not in output:
-        return [Row("c", case, time=f"{wall:.0f} s", note=f"error: exit {proc.returncode}; last line: {last_line(output)}")]
+        return [Row("c", case, time=f"{wall:.0f} s",
+                    note=f"error: exit {proc.returncode}; last line: {last_line(output)}")]
     return [Row("c", case, "msda=auto", f"{wall:.0f} s wall", rates[-1] if rates else "-", "-", "",
                 f"whole command (Ray, MLflow, data, build, eval, checkpoint): {iters * 2 / wall:.2f} img/s")]
 

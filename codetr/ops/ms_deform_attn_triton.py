@@ -24,6 +24,7 @@ host, CPU tensors included: that is how the tests check them on a machine withou
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -33,43 +34,53 @@ from triton.runtime.jit import JITFunction
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-BLOCK_Q_FORWARD = 64     # queries per program in the forward
-BLOCK_Q_BACKWARD = 32    # ... in the backward (it holds the output gradient tile too)
+# Queries per program and warps: [32, head_dim] tiles, 4 warps. With head_dim and the number of heads
+# constexprs (the row stride is then known) and 16-byte-aligned tensors, the gathers compile to 16-byte
+# vector loads and the value gradient to vector atomics (sm_90 PTX, checked without a GPU: 48 / 96
+# registers for the forward / backward at fp32, 4 levels, head_dim 32; no spills).
+BLOCK_Q_FORWARD = 32
+BLOCK_Q_BACKWARD = 32
+NUM_WARPS = 4
 
 
 @triton.jit
 def _forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, weight_ptr, out_ptr,
-                    num_keys, num_queries, num_heads, head_dim,
-                    NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr, BLOCK_Q: tl.constexpr,
-                    BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """Grid (cdiv(num_queries, BLOCK_Q), bs * num_heads): one block of queries of one (image, head).
+                    num_keys, num_queries, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
+                    BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """Grid (cdiv(num_queries, BLOCK_Q), bs * NUM_HEADS): one block of queries of one (image, head).
 
-    value [bs, num_keys, num_heads, head_dim], loc [bs, num_queries, num_heads, L, P, 2] (x, y),
-    weight [bs, num_queries, num_heads, L, P], out [bs, num_queries, num_heads, head_dim]; all contiguous.
-    shapes [L, 2] (h, w) and starts [L] (first key of each level), int32.
+    value [bs, num_keys, NUM_HEADS, HEAD_DIM], loc [bs, num_queries, NUM_HEADS, L, P, 2] (x, y),
+    weight [bs, num_queries, NUM_HEADS, L, P], out [bs, num_queries, NUM_HEADS, HEAD_DIM]; all contiguous.
+    shapes [L, 2] (h, w) and starts [L] (first key of each level), int32. Offsets within one image
+    are int32 (the caller checks they fit), the image's base pointers 64-bit.
     """
-    b = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
+    image = tl.program_id(1) // NUM_HEADS
+    head = tl.program_id(1) % NUM_HEADS
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     ch = tl.arange(0, BLOCK_D)
     q_ok = q < num_queries
-    ch_ok = ch < head_dim
-    row_stride = num_heads * head_dim
-    value_base = value_ptr + b.to(tl.int64) * num_keys * row_stride + head * head_dim
-    # flat index of (b, q, head, level 0, point 0) in weight; loc has 2 entries per point
-    point_base = ((b.to(tl.int64) * num_queries + q) * num_heads + head) * (NUM_LEVELS * NUM_POINTS)
+    row_stride = NUM_HEADS * HEAD_DIM
+    value_base = value_ptr + image.to(tl.int64) * num_keys * row_stride + head * HEAD_DIM
+    points_per_query = NUM_LEVELS * NUM_POINTS
+    weight_base = weight_ptr + image.to(tl.int64) * num_queries * NUM_HEADS * points_per_query
+    loc_base = loc_ptr + image.to(tl.int64) * num_queries * NUM_HEADS * points_per_query * 2
+    # index of (q, head, level 0, point 0) among this image's weights; locations have 2 entries per point
+    first_point = (q * NUM_HEADS + head) * points_per_query
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=ACC)
-    for level in tl.static_range(NUM_LEVELS):
+    # loops, not unrolled: every gather of 4 corners x points x levels in flight at once would spill
+    # registers (and take minutes to compile)
+    for level in range(NUM_LEVELS):
         height = tl.load(shapes_ptr + 2 * level)
         width = tl.load(shapes_ptr + 2 * level + 1)
         start = tl.load(starts_ptr + level)
-        for point in tl.static_range(NUM_POINTS):
-            idx = point_base + level * NUM_POINTS + point
-            attn = tl.load(weight_ptr + idx, mask=q_ok, other=0.0).to(ACC)
+        for point in range(NUM_POINTS):
+            idx = first_point + level * NUM_POINTS + point
+            attn = tl.load(weight_base + idx, mask=q_ok, other=0.0).to(ACC)
             # pixel coordinates (align_corners=False); clamping far-away points changes nothing (all
             # four corners stay outside) and keeps the int32 conversion in range
-            x = tl.load(loc_ptr + 2 * idx, mask=q_ok, other=0.0).to(ACC) * width.to(ACC) - 0.5
-            y = tl.load(loc_ptr + 2 * idx + 1, mask=q_ok, other=0.0).to(ACC) * height.to(ACC) - 0.5
+            x = tl.load(loc_base + 2 * idx, mask=q_ok, other=0.0).to(ACC) * width.to(ACC) - 0.5
+            y = tl.load(loc_base + 2 * idx + 1, mask=q_ok, other=0.0).to(ACC) * height.to(ACC) - 0.5
             x = tl.minimum(tl.maximum(x, -2.0), width.to(ACC) + 1.0)
             y = tl.minimum(tl.maximum(y, -2.0), height.to(ACC) + 1.0)
             x0f = tl.floor(x)
@@ -84,51 +95,66 @@ def _forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, weight_ptr, out_
                 wx = lx if corner % 2 == 1 else 1.0 - lx
                 wy = ly if corner // 2 == 1 else 1.0 - ly
                 ok = q_ok & (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-                key = start + cy * width + cx
-                v = tl.load(value_base + key[:, None].to(tl.int64) * row_stride + ch[None, :],
-                            mask=ok[:, None] & ch_ok[None, :], other=0.0).to(ACC)
+                if BLOCK_D == HEAD_DIM:   # a mask constant along the channels: vector loads
+                    mask = ok[:, None]
+                else:
+                    mask = ok[:, None] & (ch < HEAD_DIM)[None, :]
+                offsets = (start + cy * width + cx)[:, None] * row_stride + ch[None, :]
+                v = tl.load(value_base + offsets, mask=mask, other=0.0).to(ACC)
                 acc += (attn * wx * wy)[:, None] * v
-    out_row = (b.to(tl.int64) * num_queries + q) * num_heads + head
-    tl.store(out_ptr + out_row[:, None] * head_dim + ch[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=q_ok[:, None] & ch_ok[None, :])
+    out_base = out_ptr + image.to(tl.int64) * num_queries * row_stride + head * HEAD_DIM
+    if BLOCK_D == HEAD_DIM:
+        out_mask = q_ok[:, None]
+    else:
+        out_mask = q_ok[:, None] & (ch < HEAD_DIM)[None, :]
+    tl.store(out_base + q[:, None] * row_stride + ch[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
 def _backward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, weight_ptr, grad_out_ptr,
                      grad_value_ptr, grad_loc_ptr, grad_weight_ptr,
-                     num_keys, num_queries, num_heads, head_dim,
-                     NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr, BLOCK_Q: tl.constexpr,
-                     BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    """Same grid and layouts as the forward; grad_out [bs, num_queries, num_heads, head_dim];
-    grad_value [bs, num_keys, num_heads, head_dim] in ACC, zero-initialised (atomic adds);
+                     num_keys, num_queries, NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
+                     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr):
+    """Same grid and layouts as the forward; grad_out [bs, num_queries, NUM_HEADS, HEAD_DIM];
+    grad_value [bs, num_keys, NUM_HEADS, HEAD_DIM] in ACC, zero-initialised (atomic adds);
     grad_loc / grad_weight shaped as loc / weight (every entry written).
 
     With g = grad_out[b, q, head] and a corner c of weight w_c = wx_c * wy_c holding v_c:
     d/d weight = sum_c w_c <g, v_c>; d/d x = weight * w * sum_c (+-1) wy_c <g, v_c> (+ for the right
     corners; w, h from the pixel scaling), d/d y alike; d/d v_c = weight * w_c * g.
     """
-    b = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
+    image = tl.program_id(1) // NUM_HEADS
+    head = tl.program_id(1) % NUM_HEADS
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     ch = tl.arange(0, BLOCK_D)
     q_ok = q < num_queries
-    ch_ok = ch < head_dim
-    row_stride = num_heads * head_dim
-    value_base = value_ptr + b.to(tl.int64) * num_keys * row_stride + head * head_dim
-    grad_value_base = grad_value_ptr + b.to(tl.int64) * num_keys * row_stride + head * head_dim
-    point_base = ((b.to(tl.int64) * num_queries + q) * num_heads + head) * (NUM_LEVELS * NUM_POINTS)
-    out_row = (b.to(tl.int64) * num_queries + q) * num_heads + head
-    g = tl.load(grad_out_ptr + out_row[:, None] * head_dim + ch[None, :],
-                mask=q_ok[:, None] & ch_ok[None, :], other=0.0).to(ACC)
-    for level in tl.static_range(NUM_LEVELS):
+    row_stride = NUM_HEADS * HEAD_DIM
+    image_values = image.to(tl.int64) * num_keys * row_stride + head * HEAD_DIM
+    value_base = value_ptr + image_values
+    grad_value_base = grad_value_ptr + image_values
+    points_per_query = NUM_LEVELS * NUM_POINTS
+    image_points = image.to(tl.int64) * num_queries * NUM_HEADS * points_per_query
+    weight_base = weight_ptr + image_points
+    grad_weight_base = grad_weight_ptr + image_points
+    loc_base = loc_ptr + 2 * image_points
+    grad_loc_base = grad_loc_ptr + 2 * image_points
+    first_point = (q * NUM_HEADS + head) * points_per_query
+    if BLOCK_D == HEAD_DIM:
+        out_mask = q_ok[:, None]
+    else:
+        out_mask = q_ok[:, None] & (ch < HEAD_DIM)[None, :]
+    grad_out_base = grad_out_ptr + image.to(tl.int64) * num_queries * row_stride + head * HEAD_DIM
+    g = tl.load(grad_out_base + q[:, None] * row_stride + ch[None, :], mask=out_mask, other=0.0).to(ACC)
+    for level in range(NUM_LEVELS):
         height = tl.load(shapes_ptr + 2 * level)
         width = tl.load(shapes_ptr + 2 * level + 1)
         start = tl.load(starts_ptr + level)
-        for point in tl.static_range(NUM_POINTS):
-            idx = point_base + level * NUM_POINTS + point
-            attn = tl.load(weight_ptr + idx, mask=q_ok, other=0.0).to(ACC)
-            x = tl.load(loc_ptr + 2 * idx, mask=q_ok, other=0.0).to(ACC) * width.to(ACC) - 0.5
-            y = tl.load(loc_ptr + 2 * idx + 1, mask=q_ok, other=0.0).to(ACC) * height.to(ACC) - 0.5
+        for point in range(NUM_POINTS):
+            idx = first_point + level * NUM_POINTS + point
+            attn = tl.load(weight_base + idx, mask=q_ok, other=0.0).to(ACC)
+            x = tl.load(loc_base + 2 * idx, mask=q_ok, other=0.0).to(ACC) * width.to(ACC) - 0.5
+            y = tl.load(loc_base + 2 * idx + 1, mask=q_ok, other=0.0).to(ACC) * height.to(ACC) - 0.5
             x = tl.minimum(tl.maximum(x, -2.0), width.to(ACC) + 1.0)
             y = tl.minimum(tl.maximum(y, -2.0), height.to(ACC) + 1.0)
             x0f = tl.floor(x)
@@ -148,18 +174,21 @@ def _backward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, weight_ptr, gra
                 sign_x = 1.0 if corner % 2 == 1 else -1.0
                 sign_y = 1.0 if corner // 2 == 1 else -1.0
                 ok = q_ok & (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
-                offsets = (start + cy * width + cx)[:, None].to(tl.int64) * row_stride + ch[None, :]
-                mask = ok[:, None] & ch_ok[None, :]
+                if BLOCK_D == HEAD_DIM:
+                    mask = ok[:, None]
+                else:
+                    mask = ok[:, None] & (ch < HEAD_DIM)[None, :]
+                offsets = (start + cy * width + cx)[:, None] * row_stride + ch[None, :]
                 v = tl.load(value_base + offsets, mask=mask, other=0.0).to(ACC)
                 g_dot_v = tl.sum(g * v, axis=1)
                 grad_attn += wx * wy * g_dot_v
                 grad_x += sign_x * wy * g_dot_v
                 grad_y += sign_y * wx * g_dot_v
-                tl.atomic_add(grad_value_base + offsets, (attn * wx * wy)[:, None] * g, mask=mask)
-            tl.store(grad_weight_ptr + idx, grad_attn.to(grad_weight_ptr.dtype.element_ty), mask=q_ok)
-            tl.store(grad_loc_ptr + 2 * idx, (attn * width.to(ACC) * grad_x).to(grad_loc_ptr.dtype.element_ty),
+                tl.atomic_add(grad_value_base + offsets, (attn * wx * wy)[:, None] * g, mask=mask, sem="relaxed")
+            tl.store(grad_weight_base + idx, grad_attn.to(grad_weight_ptr.dtype.element_ty), mask=q_ok)
+            tl.store(grad_loc_base + 2 * idx, (attn * width.to(ACC) * grad_x).to(grad_loc_ptr.dtype.element_ty),
                      mask=q_ok)
-            tl.store(grad_loc_ptr + 2 * idx + 1,
+            tl.store(grad_loc_base + 2 * idx + 1,
                      (attn * height.to(ACC) * grad_y).to(grad_loc_ptr.dtype.element_ty), mask=q_ok)
 
 
@@ -181,8 +210,13 @@ def _acc_dtype(value: Tensor):
     return tl.float64 if value.dtype == torch.float64 else tl.float32
 
 
-def _level_tensors(shapes: list[tuple[int, int]], device: torch.device) -> tuple[Tensor, Tensor]:
-    """(h, w) per level as int32 [L, 2] and each level's first key as int32 [L], on ``device``."""
+@functools.lru_cache(maxsize=256)
+def _level_tensors(shapes: tuple[tuple[int, int], ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(h, w) per level as int32 [L, 2] and each level's first key as int32 [L], on ``device``.
+
+    Cached per level shapes: a copy to the GPU from pageable memory waits for the GPU, which every
+    attention call would pay otherwise (multi-scale training sees a few hundred shape sets at most).
+    """
     starts = [0]
     for h, w in shapes[:-1]:
         starts.append(starts[-1] + h * w)
@@ -200,9 +234,11 @@ class MSDeformAttnFunction(torch.autograd.Function):
         _, num_queries, _, num_levels, num_points, _ = loc.shape
         out = value.new_empty(bs, num_queries, num_heads, head_dim)
         grid = (triton.cdiv(num_queries, BLOCK_Q_FORWARD), bs * num_heads)
-        _forward_kernel[grid](value, shapes, starts, loc, weights, out, num_keys, num_queries, num_heads, head_dim,
-                              NUM_LEVELS=num_levels, NUM_POINTS=num_points, BLOCK_Q=BLOCK_Q_FORWARD,
-                              BLOCK_D=triton.next_power_of_2(head_dim), ACC=_acc_dtype(value))
+        _forward_kernel[grid](value, shapes, starts, loc, weights, out, num_keys, num_queries,
+                              NUM_HEADS=num_heads, HEAD_DIM=head_dim, NUM_LEVELS=num_levels,
+                              NUM_POINTS=num_points,
+                              BLOCK_Q=BLOCK_Q_FORWARD, BLOCK_D=triton.next_power_of_2(head_dim),
+                              ACC=_acc_dtype(value), num_warps=NUM_WARPS)
         ctx.save_for_backward(value, shapes, starts, loc, weights)
         return out
 
@@ -218,9 +254,11 @@ class MSDeformAttnFunction(torch.autograd.Function):
         grad_weights = torch.empty_like(weights)
         grid = (triton.cdiv(num_queries, BLOCK_Q_BACKWARD), bs * num_heads)
         _backward_kernel[grid](value, shapes, starts, loc, weights, grad_out.contiguous(),
-                               grad_value, grad_loc, grad_weights, num_keys, num_queries, num_heads, head_dim,
-                               NUM_LEVELS=num_levels, NUM_POINTS=num_points, BLOCK_Q=BLOCK_Q_BACKWARD,
-                               BLOCK_D=triton.next_power_of_2(head_dim), ACC=_acc_dtype(value))
+                               grad_value, grad_loc, grad_weights, num_keys, num_queries,
+                               NUM_HEADS=num_heads, HEAD_DIM=head_dim, NUM_LEVELS=num_levels,
+                               NUM_POINTS=num_points,
+                               BLOCK_Q=BLOCK_Q_BACKWARD, BLOCK_D=triton.next_power_of_2(head_dim),
+                               ACC=_acc_dtype(value), num_warps=NUM_WARPS)
         needs = ctx.needs_input_grad
         return (grad_value.to(value.dtype) if needs[0] else None, None, None,
                 grad_loc if needs[3] else None, grad_weights if needs[4] else None)
@@ -247,14 +285,18 @@ def multi_scale_deformable_attention_triton(
     """
     if isinstance(spatial_shapes, Tensor):
         spatial_shapes = spatial_shapes.tolist()
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes]
+    shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
     bs, num_keys, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     if sum(h * w for h, w in shapes) != num_keys:
         raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} keys, value has {num_keys}")
     if len(shapes) != num_levels or attention_weights.shape != sampling_locations.shape[:-1]:
-        raise ValueError(f"{len(shapes)} levels in spatial_shapes; sampling_locations {tuple(sampling_locations.shape)} "
-                         f"and attention_weights {tuple(attention_weights.shape)} must agree")
+        raise ValueError(f"{len(shapes)} levels in spatial_shapes; sampling_locations "
+                         f"{tuple(sampling_locations.shape)} and attention_weights "
+                         f"{tuple(attention_weights.shape)} must agree")
+    if max(num_keys, num_queries * num_levels * num_points * 2) * num_heads * head_dim >= 2 ** 31:
+        raise ValueError(f"{num_keys} keys / {num_queries} queries of {num_heads} x {head_dim} channels per image: "
+                         "offsets within an image must fit in int32")
     _check_device(value, sampling_locations, attention_weights)
     shapes_t, starts_t = _level_tensors(shapes, value.device)
     out = MSDeformAttnFunction.apply(value.contiguous(), shapes_t, starts_t, sampling_locations.contiguous(),
