@@ -3,6 +3,12 @@ case), run in Triton's interpreter on the CPU: tests/conftest.py sets ``TRITON_I
 triton is imported. With ``TRITON_INTERPRET=0`` on a machine with a GPU the same tests check the
 compiled kernels on CUDA. The interpreter runs every program in numpy: the shapes stay tiny.
 """
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -182,3 +188,20 @@ def test_cpu_tensors_without_the_interpreter_are_an_error(monkeypatch):
     value, loc, weights, _ = _inputs(shapes, bs=1, num_queries=1, num_heads=1, head_dim=1, num_points=1)
     with pytest.raises(RuntimeError, match="needs CUDA tensors.*TRITON_INTERPRET=1"):
         multi_scale_deformable_attention_triton(value, shapes, loc, weights)
+
+
+def test_the_kernels_compile_for_hopper_with_vector_loads_and_no_spills():
+    """What the interpreter cannot show: the kernels compile (sm_90, no GPU needed), their gathers are
+    16-byte vector loads, nothing spills. In a process of its own: this one runs the interpreter."""
+    script = Path(__file__).with_name("compile_kernels.py")
+    proc = subprocess.run([sys.executable, str(script), "90"], env={**os.environ, "TRITON_INTERPRET": "0"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = json.loads(proc.stdout)
+    assert len(cases) == 2
+    for case in cases:
+        for kernel in ("forward", "backward"):
+            report = case[kernel]
+            assert report["spill_bytes"] == 0 and report["registers"] <= 128, case
+            assert report["vector_loads"] > 0, case
+        assert case["backward"]["atomics"] > 0 and case["forward"]["atomics"] == 0
