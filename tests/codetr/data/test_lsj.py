@@ -120,7 +120,7 @@ def test_a_padding_size_too_small_for_the_pipeline_is_a_config_error():
         load_config(None, ["data.augment.policy=lsj", "model.input_padding.size=512", "data.augment.eval_scale=512",
                             "data.augment.eval_max_size=512"])
     with pytest.raises(ConfigError, match="data.augment.max_size"):
-        load_config(None, ["model.input_padding.size=1024"])
+        load_config(None, ["model.input_padding.size=1024", "data.augment.eval_max_size=1024"])
 
 
 def test_detr_pipeline_defaults_are_the_official_values():
