@@ -46,7 +46,7 @@ def evaluate_checkpoint(checkpoint: str, config: str | None = None, overrides: l
 
     from codetr.data import build_dataset, collate_fn
     from codetr.engine import evaluate
-    from codetr.evaluation import CocoEvaluator
+    from codetr.evaluation import build_evaluator
     from platform.runtime import model_from_checkpoint
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -55,7 +55,8 @@ def evaluate_checkpoint(checkpoint: str, config: str | None = None, overrides: l
     val_ds = build_dataset(cfg, "val")
     loader = DataLoader(val_ds, batch_size=batch_size or cfg.data.eval_batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate_fn)
-    metrics, _ = evaluate(model, loader, CocoEvaluator(val_ds), torch.device(device), amp=cfg.train.amp)
+    evaluator = build_evaluator(val_ds, cfg.data.lvis_max_dets)
+    metrics, _ = evaluate(model, loader, evaluator, torch.device(device), amp=cfg.train.amp)
     return metrics, state
 
 

@@ -137,12 +137,17 @@ def record_restart(logger, iteration: int, source: str) -> int:
     return count
 
 
+EVAL_PREFIXES = ("coco/", "lvis/")      # the evaluators' metrics (COCOeval; LVIS for data.format lvis)
+HEADLINE_METRICS = ("coco/AP", "coco/AP50", "coco/AP75", "lvis/AP", "lvis/APr", "lvis/APc", "lvis/APf")
+
+
 def train_report(epoch: int, iteration: int, finished: bool, metrics: dict[str, float],
                  placement_group_id: str | None = None) -> dict[str, Any]:
     """What ``ray.train.report`` gets after an epoch (Tune schedulers and Ray's result see it): the
     position, the headline metrics (not the per-class APs) and the workers' placement group."""
     out: dict[str, Any] = {"epoch": epoch, "iteration": iteration, "finished": finished}
-    out.update({k: v for k, v in metrics.items() if (k.startswith("coco/") and k.count("/") == 1) or k == "train/loss"})
+    out.update({k: v for k, v in metrics.items()
+                if (k.startswith(EVAL_PREFIXES) and k.count("/") == 1) or k == "train/loss"})
     if placement_group_id is not None:   # a sweep releases the group of a trial it stops (platform.sweep_resources)
         out["placement_group_id"] = placement_group_id
     return out
@@ -165,10 +170,9 @@ class _Reporter:
 
     def on_epoch_end(self, report) -> None:
         if self.rank == 0:
-            coco = {k: v for k, v in report.metrics.items() if k.startswith("coco/")}
+            coco = {k: v for k, v in report.metrics.items() if k.startswith(EVAL_PREFIXES)}
             if report.evaluated and coco:
-                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items()
-                                 if k in ("coco/AP", "coco/AP50", "coco/AP75"))
+                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items() if k in HEADLINE_METRICS)
                 say(f"{PROGRESS_PREFIX} {self.run_name}  eval after epoch {report.epoch} "
                     f"(iter {report.iteration}): {line}")
             if self.logger is not None:
@@ -310,7 +314,7 @@ def run_worker(config: dict[str, Any], session) -> None:
                     if source.startswith("ray:"):
                         record_restart(logger, start_iteration, source)
 
-        from codetr.evaluation import CocoEvaluator
+        from codetr.evaluation import build_evaluator
 
         # where the workers run (a multi-node check people can see in MLflow)
         num_nodes = len(set(all_gather_objects(ray.get_runtime_context().get_node_id())))
@@ -326,7 +330,7 @@ def run_worker(config: dict[str, Any], session) -> None:
                              sweep_trial=bool(config.get("sweep_trial")))
         loop = TrainLoop(
             model, optimizer, scheduler, train_loader, cfg, device=device, iters_per_epoch=iters_per_epoch,
-            val_loader=val_loader, make_evaluator=lambda: CocoEvaluator(val_ds),
+            val_loader=val_loader, make_evaluator=lambda: build_evaluator(val_ds, cfg.data.lvis_max_dets),
             hooks=LoopHooks(on_log=reporter.on_log, on_epoch_end=reporter.on_epoch_end),
             checkpoint_extra={"num_classes": train_ds.num_classes,
                               "category_names": list(train_ds.category_names),
