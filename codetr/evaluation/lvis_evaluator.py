@@ -29,6 +29,8 @@ class LvisEvaluator(CocoEvaluator):
     ``max_dets``: detections per image scored (LVIS: 300; Co-DETR's own LVIS evaluation: 1000).
     """
 
+    primary_metric = "lvis/AP"
+
     def __init__(self, dataset_or_coco, label_to_cat_id=None, max_dets: int = 300):
         super().__init__(dataset_or_coco, label_to_cat_id)
         self.max_dets = max_dets

@@ -120,7 +120,7 @@ def test_evaluator_on_the_synthetic_lvis_set_equals_the_lvis_package(tmp_path, m
         "data.format=lvis", "data.lvis_max_dets=40"])
     val = build_dataset(cfg, "val")
     evaluator = build_evaluator(val, cfg.data.lvis_max_dets)
-    assert isinstance(evaluator, LvisEvaluator) and evaluator.max_dets == 40
+    assert isinstance(evaluator, LvisEvaluator) and evaluator.max_dets == 40 and evaluator.primary_metric == "lvis/AP"
     rng = np.random.default_rng(0)
     for index in range(len(val)):
         _, target = val[index]
