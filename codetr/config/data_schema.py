@@ -52,8 +52,25 @@ class SyntheticConfig:
 
 
 @dataclass
+class LSJConfig:
+    image_size: int = 1024             # large-scale jitter: target square side (official R50 1024, Swin-L 1280 / 1536)
+    ratio_range: list[float] = field(default_factory=lambda: [0.1, 2.0])  # longer side -> int(image_size x r), r uniform in [lo, hi)
+    min_box_size: float = 0.01         # boxes no wider or taller than this (pixels) after the crop are dropped (official FilterAnnotations)
+
+    def validate(self, prefix: str) -> None:
+        p = prefix
+        check_range(self.image_size >= 1, f"{p}.image_size", "must be >= 1")
+        check_range(len(self.ratio_range) == 2 and 0 < self.ratio_range[0] <= self.ratio_range[1],
+                    f"{p}.ratio_range", f"must be [lo, hi] with 0 < lo <= hi, got {self.ratio_range}")
+        check_range(self.min_box_size >= 0, f"{p}.min_box_size", "must be >= 0")
+
+
+@dataclass
 class AugmentConfig:
-    flip_prob: float = 0.5             # horizontal flip probability (training)
+    # training policy: detr = the flip + multi-scale / resize-crop-resize pipeline below (Co-Deformable-DETR,
+    # Co-DINO without LSJ); lsj = large-scale jitter (data.augment.lsj; pair it with model.input_padding)
+    policy: Literal["detr", "lsj"] = "detr"
+    flip_prob: float = 0.5             # horizontal flip probability (training, both policies)
     # (a) multi-scale resize: shorter side chosen from these, longer side <= max_size
     scales: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
     max_size: int = 1333               # longer-side cap of the multi-scale resize
@@ -65,6 +82,7 @@ class AugmentConfig:
     # evaluation: single-scale resize
     eval_scale: int = 800              # shorter side at evaluation
     eval_max_size: int = 1333          # longer-side cap at evaluation
+    lsj: LSJConfig = field(default_factory=LSJConfig)   # policy lsj: resize by a random factor, crop, filter, flip
 
     def validate(self, prefix: str) -> None:
         p = prefix
@@ -86,6 +104,14 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     dataset: Literal["synthetic", "coco"] = "synthetic"   # the embedded generated set, or COCO-format files
+    # annotation format and evaluation: coco (COCOeval) or lvis (LVIS v1 files: federated neg / not-exhaustive
+    # category lists per image, category frequencies r / c / f; LVIS AP with APr / APc / APf); the synthetic set
+    # is written in either
+    format: Literal["coco", "lvis"] = "coco"
+    # repeat-factor sampling of the training images (official LVIS: ClassBalancedDataset, threshold 1e-3): an image
+    # appears ceil(max over its categories of max(1, sqrt(t / f_c))) times per epoch, f_c = fraction of images with c
+    repeat_factor_threshold: float | None = None
+    lvis_max_dets: int = 300           # format lvis: detections per image scored (LVIS standard 300; Co-DETR's own evaluation 1000)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
@@ -101,6 +127,10 @@ class DataConfig:
         check_range(self.batch_size >= 1, f"{p}.batch_size", "must be >= 1")
         check_range(self.eval_batch_size >= 1, f"{p}.eval_batch_size", "must be >= 1")
         check_range(self.num_workers >= 0, f"{p}.num_workers", "must be >= 0")
+        if self.repeat_factor_threshold is not None:
+            check_range(0 < self.repeat_factor_threshold <= 1, f"{p}.repeat_factor_threshold",
+                        f"must be in (0, 1] or null, got {self.repeat_factor_threshold}")
+        check_range(self.lvis_max_dets >= 1, f"{p}.lvis_max_dets", "must be >= 1")
         if self.dataset == "coco":
             for split in ("train", "val"):
                 for key in ("ann_file", "img_dir"):

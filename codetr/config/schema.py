@@ -140,6 +140,23 @@ class DenoisingConfig:
 
 
 @dataclass
+class InputPaddingConfig:
+    size: int | None = None            # pad every image to size x size, bottom / right (official LSJ: 1024); null: to the batch's largest
+    size_divisor: int = 1              # round the padded height and width up to a multiple of this (official O365 configs: 32)
+    pixel_value: float | None = None   # padding pixel on the 0-255 scale before normalisation (official LSJ: 114); null: 0 after it
+    # true: padded pixels are masked out of attention and proposals, boxes normalised by each image's own size;
+    # false (official LSJ, with_attn_mask=False): padding is image content and boxes are normalised by the padded size
+    mask: bool = True
+
+    def validate(self, prefix: str) -> None:
+        if self.size is not None:
+            check_range(self.size >= 1, f"{prefix}.size", "must be >= 1 or null")
+        check_range(self.size_divisor >= 1, f"{prefix}.size_divisor", "must be >= 1")
+        if self.pixel_value is not None:
+            check_range(0 <= self.pixel_value <= 255, f"{prefix}.pixel_value", "must be in [0, 255] or null")
+
+
+@dataclass
 class ModelConfig:
     num_classes: int | None = None     # null: taken from the training annotation file
     query_head: Literal["deformable_detr", "dino"] = "deformable_detr"  # Co-Deformable-DETR or Co-DINO
@@ -162,6 +179,7 @@ class ModelConfig:
     dn: DenoisingConfig = field(default_factory=DenoisingConfig)   # contrastive denoising (query_head dino)
     pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])  # images in [0, 1]
     pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    input_padding: InputPaddingConfig = field(default_factory=InputPaddingConfig)   # how a batch is padded (LSJ: fixed square, no mask)
     loss: LossWeightsConfig = field(default_factory=LossWeightsConfig)
     match: MatchCostConfig = field(default_factory=MatchCostConfig)
     aux_heads: list[str] = field(default_factory=list)   # ordered auxiliary heads, K = len; [] = Deformable-DETR
@@ -239,6 +257,20 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
+
+    def validate(self, prefix: str) -> None:
+        """Checks across sections: every resized image must fit a fixed padding size."""
+        size, aug = self.model.input_padding.size, self.data.augment
+        if size is None:
+            return
+        largest = {"data.augment.eval_max_size": aug.eval_max_size}
+        if aug.policy == "lsj":
+            largest["data.augment.lsj.image_size"] = aug.lsj.image_size
+        else:
+            largest["data.augment.max_size"] = aug.max_size
+        for key, value in largest.items():
+            check_range(value <= size, "model.input_padding.size",
+                        f"{size} is smaller than {key} ({value}): such images would not fit the padded batch")
 
     def unused_keys(self) -> list[str]:
         """Dotted keys (and key prefixes) whose values cannot change a run of this config."""

@@ -5,7 +5,8 @@
 project tensor filled, every shape equal), and reports what it did: tensors mapped, mapped with a
 transform (the per-head embedding rows when the project orders its auxiliary heads differently),
 ignored (BatchNorm step counters, which a frozen BatchNorm does not keep; a Swin backbone's relative
-position indices, which the project recomputes from the window size) and anything unexpected,
+position indices, which the project recomputes from the window size; the mask variant's mask head, as the
+project detects boxes only) and anything unexpected,
 which is an error. ``to_official`` is the inverse: project -> official is exact, and
 project -> official -> project is the identity.
 
@@ -38,6 +39,7 @@ COCO_CLASSES = (
     "hair drier", "toothbrush")
 
 HEAD_POS_EMBED = "query_head.head_pos_embed.weight"
+MASK_BRANCH = "roi_head.0.mask_head."   # co_deformable_detr_mask_r50_1x_coco.py's FCN mask head (boxes only here)
 
 
 class ConversionError(ValueError):
@@ -202,6 +204,9 @@ def from_official(official_sd: dict[str, Tensor], cfg: Config, model_sd: dict[st
                 raise ConversionError(f"{src}: not the relative position index of a {fixed[src].shape[0]}-token "
                                       f"window (the project computes it; this checkpoint's differs)")
             report.ignored.append((src, "Swin relative position index (fixed by the window size; recomputed)"))
+            continue
+        if dst is None and src.startswith(MASK_BRANCH) and "faster_rcnn" in cfg.model.aux_heads:
+            report.ignored.append((src, "mask branch of the RoI head (the project detects boxes only)"))
             continue
         if dst is None:
             unexpected.append(src)

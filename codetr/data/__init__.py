@@ -10,10 +10,10 @@ from codetr.data.coco import CocoDetection, MissingImagesError
 from codetr.data.collate import collate_fn
 from codetr.data.image_io import BadImageError, read_image_rgb
 from codetr.data.synthetic import ensure_synthetic_dataset
-from codetr.data.transforms import (RandomAbsoluteCrop, RandomShorterSideResize, build_eval_transforms,
-                                    build_train_transforms)
+from codetr.data.transforms import (RandomAbsoluteCrop, RandomShorterSideResize, RemoveSmallBoxes, ScaleJitterResize,
+                                    build_eval_transforms, build_lsj_transforms, build_train_transforms)
 
 __all__ = ["AnnotationError", "BadImageError", "CocoDetection", "MissingImagesError", "RandomAbsoluteCrop",
-           "RandomShorterSideResize", "build_dataset", "build_eval_transforms", "build_loader",
-           "build_train_transforms", "collate_fn", "ensure_synthetic_dataset", "load_coco_annotations",
+           "RandomShorterSideResize", "RemoveSmallBoxes", "ScaleJitterResize", "build_dataset",
+           "build_eval_transforms", "build_loader", "build_lsj_transforms", "build_train_transforms", "collate_fn", "ensure_synthetic_dataset", "load_coco_annotations",
            "read_image_rgb", "split_files", "validate_coco_dict"]

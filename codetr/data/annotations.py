@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pycocotools.coco import COCO
 
@@ -151,8 +152,48 @@ def coco_from_dict(data: dict) -> COCO:
     return coco
 
 
-def load_coco_annotations(ann_file: str | Path) -> COCO:
-    """Read, check (see :func:`validate_coco_dict`) and index a COCO-format annotation file."""
+def validate_lvis_dict(data: Any, path: str = "<annotations>") -> dict:
+    """Check an LVIS v1 dict in place and make it a COCO-format one (then :func:`validate_coco_dict`).
+
+    LVIS v1 images have no ``file_name``: it is taken from ``coco_url`` without its host
+    (``http://images.cocodataset.org/train2017/x.jpg`` -> ``train2017/x.jpg``, relative to the image
+    folder, as mmdetection's ``LVISV1Dataset``); a ``file_name`` already there is kept. Required per
+    image: ``neg_category_ids`` and ``not_exhaustive_category_ids`` (lists of listed category ids);
+    per category: ``frequency`` (``r``, ``c`` or ``f``).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not isinstance(
+            data.get("categories"), list):
+        return validate_coco_dict(data, path)     # its messages name what is missing
+    category_ids = {c.get("id") for c in data["categories"] if isinstance(c, dict)}
+    for i, cat in enumerate(data["categories"]):
+        if isinstance(cat, dict) and cat.get("frequency") not in ("r", "c", "f"):
+            raise AnnotationError(f"{path}: category id {cat.get('id', f'[{i}]')}: LVIS field 'frequency' must be "
+                                  f"'r', 'c' or 'f', got {cat.get('frequency')!r}")
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            continue
+        where = f"image id {img.get('id', f'[{i}]')}"
+        if "file_name" not in img:
+            url = img.get("coco_url")
+            if not isinstance(url, str):
+                raise AnnotationError(f"{path}: {where} has neither 'file_name' nor 'coco_url'")
+            img["file_name"] = urlparse(url).path.lstrip("/") if "://" in url else url
+        for field in ("neg_category_ids", "not_exhaustive_category_ids"):
+            ids = img.get(field)
+            if not isinstance(ids, list):
+                raise AnnotationError(f"{path}: {where}: LVIS field {field!r} must be a list of category ids, "
+                                      f"got {ids!r}")
+            unknown = [c for c in ids if c not in category_ids]
+            if unknown:
+                raise AnnotationError(f"{path}: {where}: {field} names unknown category ids {unknown[:10]}")
+    return validate_coco_dict(data, path)
+
+
+def load_annotations(ann_file: str | Path, annotation_format: str = "coco") -> COCO:
+    """Read, check and index an annotation file: ``coco`` (:func:`validate_coco_dict`) or ``lvis``
+    (:func:`validate_lvis_dict`)."""
+    if annotation_format not in ("coco", "lvis"):
+        raise ValueError(f"annotation_format must be 'coco' or 'lvis', got {annotation_format!r}")
     path = str(ann_file)
     if not Path(path).is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
@@ -161,4 +202,10 @@ def load_coco_annotations(ann_file: str | Path) -> COCO:
             data = json.load(f)
         except json.JSONDecodeError as e:
             raise AnnotationError(f"{path}: not valid JSON: {e}") from e
-    return coco_from_dict(validate_coco_dict(data, path))
+    check = validate_lvis_dict if annotation_format == "lvis" else validate_coco_dict
+    return coco_from_dict(check(data, path))
+
+
+def load_coco_annotations(ann_file: str | Path) -> COCO:
+    """Read, check (see :func:`validate_coco_dict`) and index a COCO-format annotation file."""
+    return load_annotations(ann_file, "coco")

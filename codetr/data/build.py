@@ -7,10 +7,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from codetr.config import Config, ConfigError
-from codetr.data.annotations import load_coco_annotations
+from codetr.data.annotations import load_annotations
 from codetr.data.coco import CocoDetection
 from codetr.data.group_sampler import GroupSampler, aspect_groups
 from codetr.data.collate import collate_fn
+from codetr.data.repeat_factor import RepeatFactorDataset
 from codetr.data.synthetic import ensure_synthetic_dataset
 from codetr.data.transforms import build_eval_transforms, build_train_transforms
 
@@ -20,20 +21,23 @@ def split_files(cfg: Config, split: Literal["train", "val"]) -> tuple[str, str]:
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if cfg.data.dataset == "synthetic":
-        return ensure_synthetic_dataset(cfg.data.synthetic)[split]
+        return ensure_synthetic_dataset(cfg.data.synthetic, cfg.data.format)[split]
     split_cfg = getattr(cfg.data, split)
     return split_cfg.ann_file, split_cfg.img_dir
 
 
-def build_dataset(cfg: Config, split: Literal["train", "val"], transforms: bool = True) -> CocoDetection:
+def build_dataset(cfg: Config, split: Literal["train", "val"], transforms: bool = True
+                  ) -> CocoDetection | RepeatFactorDataset:
     """The dataset of ``split`` with its transforms (train: the Co-DETR augmentation, val: eval resize).
 
     ``transforms=False`` gives untransformed images (uint8 converted to float in [0, 1]).
     Checks ``cfg.model.num_classes`` against the file's categories: None takes the file's,
-    a different number raises a ConfigError.
+    a different number raises a ConfigError. The files are read in ``data.format`` (coco or lvis);
+    with ``data.repeat_factor_threshold`` the training set repeats its rare-category images
+    (:class:`RepeatFactorDataset`).
     """
     ann_file, img_dir = split_files(cfg, split)
-    coco = load_coco_annotations(ann_file)
+    coco = load_annotations(ann_file, cfg.data.format)
     num_in_file = len(coco.dataset["categories"])
     if cfg.model.num_classes is not None and cfg.model.num_classes != num_in_file:
         raise ConfigError(f"model.num_classes: the config pins {cfg.model.num_classes} but {ann_file} has "
@@ -44,13 +48,17 @@ def build_dataset(cfg: Config, split: Literal["train", "val"], transforms: bool 
         tfm = build_train_transforms(cfg.data.augment)
     else:
         tfm = build_eval_transforms(cfg.data.augment)
-    return CocoDetection(ann_file, img_dir, transforms=tfm, on_bad_image=cfg.data.on_bad_image, coco=coco)
+    dataset = CocoDetection(ann_file, img_dir, transforms=tfm, on_bad_image=cfg.data.on_bad_image, coco=coco,
+                            annotation_format=cfg.data.format)
+    if split == "train" and cfg.data.repeat_factor_threshold is not None:
+        return RepeatFactorDataset(dataset, cfg.data.repeat_factor_threshold)
+    return dataset
 
 
-def group_sampler(dataset: CocoDetection, batch_size: int, *, seed: int = 0, num_replicas: int = 1,
-                  rank: int = 0) -> GroupSampler:
+def group_sampler(dataset: CocoDetection | RepeatFactorDataset, batch_size: int, *, seed: int = 0,
+                  num_replicas: int = 1, rank: int = 0) -> GroupSampler:
     """A :class:`GroupSampler` over the dataset's images by orientation (annotation-file sizes)."""
-    sizes = [(dataset.coco.imgs[i]["height"], dataset.coco.imgs[i]["width"]) for i in dataset.image_ids]
+    sizes = [(dataset.coco.imgs[i]["height"], dataset.coco.imgs[i]["width"]) for i in dataset.indexed_image_ids]
     return GroupSampler(aspect_groups(sizes), batch_size, num_replicas=num_replicas, rank=rank, seed=seed)
 
 

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
-from codetr.data.annotations import clip_boxes_to_images, coco_from_dict, load_coco_annotations
+from codetr.data.annotations import clip_boxes_to_images, coco_from_dict, load_annotations
 from codetr.data.image_io import BadImageError, read_image_rgb
 from codetr.errors import CodetrError
 
@@ -57,20 +57,23 @@ class CocoDetection(Dataset):
     in [0, num_classes), "image_id": int (the COCO id), "orig_size": (h, w) of the file,
     "size": (h, w) after transforms}``.
 
+    ``annotation_format``: ``coco`` or ``lvis`` (LVIS v1 files; chooses the evaluator).
     Attributes: ``coco`` (pycocotools COCO), ``num_classes``, ``category_names`` and
     ``label_to_cat_id`` (contiguous-label order), ``cat_id_to_label``, ``image_ids`` (indexed
     images), ``missing_images`` (file paths left out at start-up), ``num_degenerate_boxes``.
     """
 
     def __init__(self, ann_file: str | Path, img_dir: str | Path, transforms: Transform | None = None,
-                 on_bad_image: Literal["skip", "error"] = "skip", coco: COCO | None = None):
+                 on_bad_image: Literal["skip", "error"] = "skip", coco: COCO | None = None,
+                 annotation_format: Literal["coco", "lvis"] = "coco"):
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
         self.ann_file = str(ann_file)
+        self.annotation_format = annotation_format
         self.img_dir = Path(img_dir)
         self.transforms = transforms
         self.on_bad_image = on_bad_image
-        coco = coco if coco is not None else load_coco_annotations(ann_file)
+        coco = coco if coco is not None else load_annotations(ann_file, annotation_format)
         # clip boxes / drop degenerate ones in the ground truth itself (in place, idempotent)
         dropped = clip_boxes_to_images(coco.dataset)
         self.num_degenerate_boxes = len(dropped)
@@ -145,6 +148,11 @@ class CocoDetection(Dataset):
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    @property
+    def indexed_image_ids(self) -> list[int]:
+        """The image id at every index (what the aspect-ratio sampler groups)."""
+        return self.image_ids
 
     def image_path(self, index: int) -> Path:
         return self.img_dir / self.coco.imgs[self.image_ids[index]]["file_name"]

@@ -15,6 +15,15 @@ image plus ``small_fraction`` smaller ones, random colour, rotation and aspect, 
 backgrounds, pixel noise, and occlusion limited to ``max_occlusion`` of an object's pixels.
 Boxes are the tight boxes of the visible pixels; ``area`` is the visible pixel count.
 Each image depends only on (seed, split, index).
+
+``annotation_format="lvis"`` writes an LVIS v1-style set instead (in ``<root>/shapes-lvis-<hash>/``):
+classes drawn long-tailed (the k-th of ``classes`` with weight 2^-k); images with ``coco_url``
+(``http://images.cocodataset.org/<split>/<file>``: the file path relative to the set's folder) instead
+of ``file_name``, ``neg_category_ids`` (each absent category with probability 1/2) and
+``not_exhaustive_category_ids`` (a category with two or more objects in the image, with probability
+1/4, has one of them left unannotated: it is drawn but not in the file); no ``iscrowd``; categories
+with ``frequency`` from their training-image counts (the most frequent third ``f``, the rarest third
+``r``, the rest ``c``), ``image_count`` and ``instance_count``.
 """
 from __future__ import annotations
 
@@ -56,15 +65,27 @@ def _settings(cfg: SyntheticConfig) -> dict:
     return settings
 
 
-def dataset_dir(cfg: SyntheticConfig) -> Path:
-    """The cache folder of these settings: ``<root>/shapes-<12 hex digits>``."""
-    digest = hashlib.sha1(json.dumps(_settings(cfg), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cfg.root).expanduser() / f"shapes-{digest}"
+def dataset_dir(cfg: SyntheticConfig, annotation_format: str = "coco") -> Path:
+    """The cache folder of these settings: ``<root>/shapes-<12 hex digits>`` (lvis: ``shapes-lvis-...``)."""
+    settings = _settings(cfg)
+    if annotation_format == "lvis":
+        settings["annotation_format"] = "lvis"
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    prefix = "shapes-lvis" if annotation_format == "lvis" else "shapes"
+    return Path(cfg.root).expanduser() / f"{prefix}-{digest}"
 
 
-def _split_paths(folder: Path) -> dict[str, tuple[str, str]]:
+def _split_paths(folder: Path, annotation_format: str = "coco") -> dict[str, tuple[str, str]]:
+    if annotation_format == "lvis":   # LVIS: file paths (from coco_url) relative to the set's folder
+        return {split: (str(folder / "annotations" / f"lvis_{split}.json"), str(folder)) for split in _SPLIT_CODES}
     return {split: (str(folder / "annotations" / f"instances_{split}.json"), str(folder / split))
             for split in _SPLIT_CODES}
+
+
+def lvis_class_weights(num_classes: int) -> np.ndarray:
+    """Long-tailed class probabilities of the LVIS-style set: the k-th class with weight 2^-k."""
+    weights = 0.5 ** np.arange(num_classes)
+    return weights / weights.sum()
 
 
 def _object_size(cfg: SyntheticConfig, image_size: int, rng: np.random.Generator) -> float:
@@ -76,8 +97,9 @@ def _object_size(cfg: SyntheticConfig, image_size: int, rng: np.random.Generator
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))) * image_size)
 
 
-def draw_image(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray, list[dict]]:
-    """Draw one image of ``split``.
+def draw_image(cfg: SyntheticConfig, split: str, index: int,
+               class_weights: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Draw one image of ``split`` (classes uniform, or drawn with ``class_weights``).
 
     Returns (``[H, W, 3]`` uint8 RGB, list of ``{"label": contiguous int, "bbox": [x, y, w, h]
     in pixels, "area": visible pixel count}``).
@@ -95,7 +117,10 @@ def draw_image(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray
     full_counts: list[int] = []                      # per placed object: pixels when it was placed
     labels: list[int] = []
     for _ in range(num_objects):
-        label = int(rng.integers(len(cfg.classes)))
+        if class_weights is None:
+            label = int(rng.integers(len(cfg.classes)))
+        else:
+            label = int(rng.choice(len(cfg.classes), p=class_weights))
         shape = cfg.classes[label]
         for _attempt in range(20):
             half_long = _object_size(cfg, long_side, rng) / 2
@@ -146,13 +171,13 @@ def draw_image(cfg: SyntheticConfig, split: str, index: int) -> tuple[np.ndarray
     return np.clip(img + 0.5, 0, 255).astype(np.uint8), objects
 
 
-def generate_split(cfg: SyntheticConfig, split: str, out_dir: Path) -> dict:
+def generate_split(cfg: SyntheticConfig, split: str, out_dir: Path, class_weights: np.ndarray | None = None) -> dict:
     """Write ``out_dir/<split>/*.jpg`` and return the split's COCO-format dict."""
     num_images = cfg.num_train if split == "train" else cfg.num_val
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for index in range(num_images):
-        pixels, objects = draw_image(cfg, split, index)
+        pixels, objects = draw_image(cfg, split, index, class_weights)
         file_name = f"{index:06d}.jpg"
         chw = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))   # [H, W, 3] -> [3, H, W]
         write_jpeg(out_dir / split / file_name, chw, quality=_JPEG_QUALITY)
@@ -168,6 +193,48 @@ def generate_split(cfg: SyntheticConfig, split: str, out_dir: Path) -> dict:
             "images": images, "annotations": annotations, "categories": categories}
 
 
+def to_lvis(data: dict, split: str, cfg: SyntheticConfig, frequency: dict[int, str]) -> dict:
+    """A split's COCO-format dict (from :func:`generate_split`) -> the LVIS v1-style dict of the module docstring."""
+    anns_by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        anns_by_image.setdefault(ann["image_id"], []).append(ann)
+    cat_ids = [c["id"] for c in data["categories"]]
+    images, annotations = [], []
+    for img in data["images"]:
+        rng = np.random.default_rng([cfg.seed, _SPLIT_CODES[split], img["id"], 7])
+        anns = anns_by_image.get(img["id"], [])
+        present = sorted({a["category_id"] for a in anns})
+        not_exhaustive = []
+        for cat_id in present:
+            same = [a for a in anns if a["category_id"] == cat_id]
+            if len(same) >= 2 and rng.random() < 0.25:
+                not_exhaustive.append(cat_id)
+                anns = [a for a in anns if a is not same[-1]]     # drawn, but not annotated
+        images.append({"id": img["id"], "height": img["height"], "width": img["width"],
+                       "coco_url": f"http://images.cocodataset.org/{split}/{img['file_name']}",
+                       "neg_category_ids": [c for c in cat_ids if c not in present and rng.random() < 0.5],
+                       "not_exhaustive_category_ids": not_exhaustive})
+        annotations += [{k: v for k, v in a.items() if k != "iscrowd"} for a in anns]
+    for i, ann in enumerate(annotations):
+        ann["id"] = i + 1
+    image_count = {c: len({a["image_id"] for a in annotations if a["category_id"] == c}) for c in cat_ids}
+    categories = [{**c, "synset": f"{c['name']}.n.01", "frequency": frequency[c["id"]],
+                   "image_count": image_count[c["id"]],
+                   "instance_count": sum(a["category_id"] == c["id"] for a in annotations)}
+                  for c in data["categories"]]
+    return {"info": data["info"], "images": images, "annotations": annotations, "categories": categories}
+
+
+def lvis_frequencies(train: dict) -> dict[int, str]:
+    """Category id -> ``f`` (the most frequent third by training images), ``r`` (the rarest third) or ``c``."""
+    cat_ids = [c["id"] for c in train["categories"]]
+    counts = {c: len({a["image_id"] for a in train["annotations"] if a["category_id"] == c}) for c in cat_ids}
+    ranked = sorted(cat_ids, key=lambda c: (-counts[c], c))
+    third = max(1, len(ranked) // 3)
+    return {c: "f" if k < third else "r" if k >= len(ranked) - third and len(ranked) > 1 else "c"
+            for k, c in enumerate(ranked)}
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,32 +246,42 @@ def _file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def ensure_synthetic_dataset(cfg: SyntheticConfig) -> dict[str, tuple[str, str]]:
+def ensure_synthetic_dataset(cfg: SyntheticConfig, annotation_format: str = "coco") -> dict[str, tuple[str, str]]:
     """Generate the set on first use; return ``{"train": (ann_file, img_dir), "val": (...)}``.
 
+    ``annotation_format``: ``coco``, or ``lvis`` for the LVIS v1-style set of the module docstring.
     Safe when several processes call it at once: a file lock serialises generation and the
     finished folder appears by an atomic rename, marked complete by ``meta.json``.
     """
-    folder = dataset_dir(cfg)
+    if annotation_format not in ("coco", "lvis"):
+        raise ValueError(f"annotation_format must be 'coco' or 'lvis', got {annotation_format!r}")
+    folder = dataset_dir(cfg, annotation_format)
     if (folder / "meta.json").is_file():
-        return _split_paths(folder)
+        return _split_paths(folder, annotation_format)
     root = Path(cfg.root).expanduser()
+    lvis = annotation_format == "lvis"
     with _file_lock(root / ".generate.lock"):
         if (folder / "meta.json").is_file():     # another process finished while we waited
-            return _split_paths(folder)
+            return _split_paths(folder, annotation_format)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-shapes-", dir=root))
         try:
             start = time.perf_counter()
             (tmp / "annotations").mkdir()
             counts = {}
-            for split in _SPLIT_CODES:
-                data = generate_split(cfg, split, tmp)
-                with open(tmp / "annotations" / f"instances_{split}.json", "w") as f:
+            weights = lvis_class_weights(len(cfg.classes)) if lvis else None
+            splits = {split: generate_split(cfg, split, tmp, weights) for split in _SPLIT_CODES}
+            frequency = lvis_frequencies(splits["train"]) if lvis else {}
+            for split, data in splits.items():
+                if lvis:
+                    data = to_lvis(data, split, cfg, frequency)
+                name = f"lvis_{split}.json" if lvis else f"instances_{split}.json"
+                with open(tmp / "annotations" / name, "w") as f:
                     json.dump(data, f)
                 counts[split] = {"images": len(data["images"]), "objects": len(data["annotations"])}
             seconds = time.perf_counter() - start
             with open(tmp / "meta.json", "w") as f:
-                json.dump({"settings": _settings(cfg), "counts": counts, "generation_seconds": seconds}, f, indent=1)
+                json.dump({"settings": _settings(cfg), "annotation_format": annotation_format, "counts": counts,
+                           "generation_seconds": seconds}, f, indent=1)
             if folder.exists():                   # an incomplete leftover (no meta.json): replace it
                 shutil.rmtree(folder)
             os.rename(tmp, folder)
@@ -212,4 +289,4 @@ def ensure_synthetic_dataset(cfg: SyntheticConfig) -> dict[str, tuple[str, str]]
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     logger.info("generated the synthetic dataset in %s: %s in %.1f s", folder, counts, seconds)
-    return _split_paths(folder)
+    return _split_paths(folder, annotation_format)

@@ -84,6 +84,8 @@ class CocoEvaluator:
     boxes included) and the contiguous label -> category id map (list or dict).
     """
 
+    primary_metric = "coco/AP"   # the metric that ranks checkpoints and trials
+
     def __init__(self, dataset_or_coco, label_to_cat_id: Sequence[int] | Mapping[int, int] | None = None):
         if isinstance(dataset_or_coco, COCO):
             if label_to_cat_id is None:

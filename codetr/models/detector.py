@@ -54,24 +54,42 @@ class CoDETR(nn.Module):
     # ------------------------------------------------------------------ inputs / outputs
 
     def preprocess(self, images: list[Tensor]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-        """Normalise and pad to one batch.
+        """Normalise and pad to one batch (``model.input_padding``).
 
-        Returns the batch [B, 3, H, W] (padding = 0 after normalisation, bottom / right), the padding
-        mask [B, H, W] (True = padding) and the unpadded (h, w) of every image.
+        Returns the batch [B, 3, H, W] (images top-left, padding bottom / right: 0 after normalisation,
+        or ``pixel_value`` before it), the padding mask [B, H, W] (True = padding) and each image's
+        (h, w). H x W is the largest image, or ``size`` x ``size``, rounded up to ``size_divisor``.
+        With ``mask: false`` (official LSJ) nothing is masked and every image's (h, w) is H x W: the
+        padding is image content and boxes are normalised by the padded size.
         """
         if not images:
             raise ValueError("empty list of images")
         for i, img in enumerate(images):
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"images[{i}] must be [3, H, W], got {tuple(img.shape)}")
+        pad = self.cfg.input_padding
         sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         max_h = max(h for h, _ in sizes)
         max_w = max(w for _, w in sizes)
-        batch = images[0].new_zeros((len(images), 3, max_h, max_w))
+        if pad.size is not None:
+            if max(max_h, max_w) > pad.size:
+                raise ValueError(f"an image of {max_h}x{max_w} does not fit model.input_padding.size {pad.size}")
+            max_h = max_w = pad.size
+        if pad.size_divisor > 1:
+            max_h = -(-max_h // pad.size_divisor) * pad.size_divisor
+            max_w = -(-max_w // pad.size_divisor) * pad.size_divisor
+        if pad.pixel_value is None:
+            batch = images[0].new_zeros((len(images), 3, max_h, max_w))
+        else:   # the official pipelines pad the 0-255 image before normalising it
+            fill = (pad.pixel_value / 255.0 - self.pixel_mean) / self.pixel_std   # [3, 1, 1]
+            batch = fill.to(images[0].dtype).expand(len(images), 3, max_h, max_w).clone()
         mask = torch.ones((len(images), max_h, max_w), dtype=torch.bool, device=images[0].device)
         for i, (img, (h, w)) in enumerate(zip(images, sizes)):
             batch[i, :, :h, :w] = (img - self.pixel_mean) / self.pixel_std
             mask[i, :h, :w] = False
+        if not pad.mask:
+            mask.zero_()
+            sizes = [(max_h, max_w)] * len(images)
         return batch, mask, sizes
 
     @staticmethod

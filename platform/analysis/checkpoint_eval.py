@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from codetr.data import build_dataset, collate_fn
 from codetr.engine import evaluate
-from codetr.evaluation import CocoEvaluator
+from codetr.evaluation import build_evaluator
 from platform.core.checkpoints import model_from_checkpoint
 
 
@@ -21,5 +21,6 @@ def evaluate_checkpoint(checkpoint: str, config: str | None = None, overrides: l
     val_ds = build_dataset(cfg, "val")
     loader = DataLoader(val_ds, batch_size=batch_size or cfg.data.eval_batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate_fn)
-    metrics, _ = evaluate(model, loader, CocoEvaluator(val_ds), torch.device(device), amp=cfg.train.amp)
+    evaluator = build_evaluator(val_ds, cfg.data.lvis_max_dets)
+    metrics, _ = evaluate(model, loader, evaluator, torch.device(device), amp=cfg.train.amp)
     return metrics, state

@@ -15,6 +15,8 @@ from codetr.engine import CHECKPOINT_FILE
 from platform.core.visualize import close_figure, draw_detections, plot_loss_curves, save_png
 
 PROGRESS_PREFIX = "[train]"
+EVAL_PREFIXES = ("coco/", "lvis/")      # the evaluators' metrics (COCOeval; LVIS for data.format lvis)
+HEADLINE_METRICS = ("coco/AP", "coco/AP50", "coco/AP75", "lvis/AP", "lvis/APr", "lvis/APc", "lvis/APf")
 
 
 def say(line: str) -> None:
@@ -55,7 +57,8 @@ def train_report(epoch: int, iteration: int, finished: bool, metrics: dict[str, 
     """What ``ray.train.report`` gets after an epoch (Tune schedulers and Ray's result see it): the
     position, the headline metrics (not the per-class APs) and the workers' placement group."""
     out: dict[str, Any] = {"epoch": epoch, "iteration": iteration, "finished": finished}
-    out.update({k: v for k, v in metrics.items() if (k.startswith("coco/") and k.count("/") == 1) or k == "train/loss"})
+    out.update({k: v for k, v in metrics.items()
+                if (k.startswith(EVAL_PREFIXES) and k.count("/") == 1) or k == "train/loss"})
     if placement_group_id is not None:   # a sweep releases the group of a trial it stops (platform.sweep.resources)
         out["placement_group_id"] = placement_group_id
     return out
@@ -78,10 +81,9 @@ class Reporter:
 
     def on_epoch_end(self, report) -> None:
         if self.rank == 0:
-            coco = {k: v for k, v in report.metrics.items() if k.startswith("coco/")}
+            coco = {k: v for k, v in report.metrics.items() if k.startswith(EVAL_PREFIXES)}
             if report.evaluated and coco:
-                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items()
-                                 if k in ("coco/AP", "coco/AP50", "coco/AP75"))
+                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items() if k in HEADLINE_METRICS)
                 say(f"{PROGRESS_PREFIX} {self.run_name}  eval after epoch {report.epoch} "
                     f"(iter {report.iteration}): {line}")
             if self.logger is not None:

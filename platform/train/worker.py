@@ -39,7 +39,7 @@ from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optim
                            restore_rng_state, seed_everything)
 from codetr.engine.dist import all_gather_objects
 from codetr.engine.init_from import apply_init_from
-from codetr.evaluation import CocoEvaluator
+from codetr.evaluation import build_evaluator
 from platform.core import console
 from platform.core.checkpoints import load_with_fallback
 from platform.tracking import mlflow_runs
@@ -205,7 +205,7 @@ def _make_loop(cfg: Config, data: WorkerData, start: StartPoint, reporter: Repor
     return TrainLoop(
         start.model, start.optimizer, start.scheduler, data.train_loader, cfg, device=start.device,
         iters_per_epoch=data.iters_per_epoch, val_loader=data.val_loader,
-        make_evaluator=lambda: CocoEvaluator(data.val_ds),
+        make_evaluator=lambda: build_evaluator(data.val_ds, cfg.data.lvis_max_dets),
         hooks=LoopHooks(on_log=reporter.on_log, on_epoch_end=reporter.on_epoch_end),
         checkpoint_extra={"num_classes": data.train_ds.num_classes,
                           "category_names": list(data.train_ds.category_names),
