@@ -47,7 +47,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def derived_params(cfg, *, world_size: int, num_classes: int | None, train_images: int | None) -> dict:
     """Values worth comparing across runs that the config does not spell out."""
+    from codetr.engine.optim import lr_scaling   # here: the CLI starts without torch
+
     heads = ["query", *cfg.model.aux_heads]
+    scaling = lr_scaling(cfg.train, world_size=world_size, batch_size=cfg.data.batch_size)
     out = {
         "derived.K": len(cfg.model.aux_heads),
         "derived.heads": ",".join(heads),
@@ -56,11 +59,13 @@ def derived_params(cfg, *, world_size: int, num_classes: int | None, train_image
         "derived.num_queries": cfg.model.num_queries,
         "derived.world_size": world_size,
         "derived.global_batch_size": world_size * cfg.data.batch_size,
+        "derived.effective_batch": scaling.effective_batch,
+        "derived.lr": scaling.lr,
         "derived.num_classes": num_classes,
     }
     if train_images:
         per_worker = train_images // world_size
-        out["derived.iters_per_epoch"] = per_worker // cfg.data.batch_size
+        out["derived.iters_per_epoch"] = per_worker // cfg.data.batch_size // cfg.train.accumulate_steps
     return out
 
 
@@ -201,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from codetr.config import ConfigError, flatten, to_dict
+    from codetr.engine.optim import lr_scaling
     from codetr.errors import CodetrError
     from platform import tracking
     from platform.checkpoints import latest_checkpoint
@@ -281,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         params.update(derived_params(cfg, world_size=cfg.platform.num_workers, num_classes=num_classes,
                                      train_images=train_images))
         tracking.log_params(tracking_uri, run_id, params)
+        batch_note = lr_scaling(cfg.train, world_size=cfg.platform.num_workers, batch_size=cfg.data.batch_size).note()
+        if batch_note:
+            print(f"[platform] {batch_note}", flush=True)
         tracking.RunLogger(tracking_uri, run_id).log_text(yaml.safe_dump(cfg_dict, sort_keys=False), "config.yaml")
         log_datasets(tracking_uri, run_id, datasets)
         print(f"[platform] MLflow run {run_id} ({'resumed' if resumed else 'new'}) at {tracking_uri}", flush=True)

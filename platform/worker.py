@@ -239,8 +239,8 @@ def run_worker(config: dict[str, Any], session) -> None:
     from codetr import build_model
     from codetr.config import config_from_dict
     from codetr.data import build_dataset, collate_fn
-    from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optimizer, restore_rng_state,
-                               seed_everything)
+    from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optimizer, lr_scaling,
+                               optimizer_steps_per_epoch, restore_rng_state, seed_everything)
     from codetr.engine.dist import all_gather_objects
     from platform import console, tracking
     from platform.spool import WORKER_HTTP_ENV, SpoolingRunLogger, spool_dir
@@ -270,10 +270,11 @@ def run_worker(config: dict[str, Any], session) -> None:
         train_ds = build_dataset(cfg, "train")
         val_ds = build_dataset(cfg, "val")
         train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn, session)
-        iters_per_epoch = len(train_loader)
+        iters_per_epoch = optimizer_steps_per_epoch(len(train_loader), cfg.train.accumulate_steps)
         if iters_per_epoch == 0:
-            raise ValueError(f"the training set ({len(train_ds)} images) gives no full batch of "
-                             f"{cfg.data.batch_size} per worker with {world_size} workers")
+            raise ValueError(f"the training set ({len(train_ds)} images) gives no optimizer step of "
+                             f"{cfg.train.accumulate_steps} full batch(es) of {cfg.data.batch_size} per worker with "
+                             f"{world_size} workers")
 
         model = build_model(cfg, num_classes=train_ds.num_classes)
         fallbacks: list[str] = []
@@ -287,7 +288,8 @@ def run_worker(config: dict[str, Any], session) -> None:
             _init_from(model, cfg, list(train_ds.category_names), rank, run_name, logger)
         model = session.prepare_model(model, find_unused_parameters=cfg.platform.find_unused_parameters)
         device = session.device()
-        optimizer = build_optimizer(model, cfg.train)
+        optimizer = build_optimizer(model, cfg.train, lr=lr_scaling(cfg.train, world_size=world_size,
+                                                                     batch_size=cfg.data.batch_size).lr)
         scheduler = build_lr_scheduler(optimizer, cfg.train, iters_per_epoch)
         start_epoch = start_iteration = 0
         best_value = None
@@ -334,7 +336,8 @@ def run_worker(config: dict[str, Any], session) -> None:
             start_epoch=start_epoch, start_iteration=start_iteration, best_value=best_value,
             num_samples=cfg.platform.num_val_images,
             image_names=lambda image_id: train_ds.coco.imgs[image_id]["file_name"],
-            skipped_steps=(state or {}).get("skipped_steps", 0))
+            skipped_steps=(state or {}).get("skipped_steps", 0), scaler_state=(state or {}).get("scaler"),
+            overflow_steps=(state or {}).get("overflow_steps", 0))
         if rank == 0:
             say(f"{PROGRESS_PREFIX} {run_name}  {world_size} worker(s) on {num_nodes} node(s), {device}, "
                 f"{len(train_ds)} train / {len(val_ds)} val images, {iters_per_epoch} iterations per epoch, "

@@ -17,6 +17,7 @@ from codetr.config.schema import ModelConfig
 from codetr.models.backbones import build_backbone
 from codetr.models.aux.positives import select_positive_queries
 from codetr.models.criterion import QueryCriterion, layer_prefix
+from codetr.models.freeze import freeze_parts
 from codetr.models.precision import full_dtype
 from codetr.models.query_heads.denoising import DenoisingQueries, build_denoising_queries
 from codetr.models.query_heads.dino import DINOQueryHead
@@ -51,6 +52,13 @@ class CoDETR(nn.Module):
         self.criterion = QueryCriterion(cfg, num_classes)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
+        self._frozen_parts = freeze_parts(self, cfg.freeze)
+
+    def train(self, mode: bool = True) -> "CoDETR":
+        super().train(mode)
+        for module in self._frozen_parts:   # model.freeze: fixed BatchNorm statistics and dropout
+            module.eval()
+        return self
 
     # ------------------------------------------------------------------ inputs / outputs
 
