@@ -4,8 +4,8 @@ Weights only: no optimizer, scheduler or step, so the run starts its own schedul
 dataset's classes differ from the checkpoint's, the class-specific tensors (the query head's class
 branches, the two-stage scorer, the ATSS / RetinaNet / FCOS classifiers, the RoI classifier and box
 regressor) keep their fresh initialisation except for the rows of classes whose names match, which
-are carried over (and the RoI background row, and the two-stage scorer's ranking channel 0, which
-are class-agnostic).
+are carried over (and the RoI background row, and the Deformable-DETR two-stage scorer's ranking
+channel 0, which are class-agnostic; Co-DINO's scorer has real classes).
 
 Two more differences are bridged, each reported:
 
@@ -60,9 +60,12 @@ class InitFromReport:
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} tensors loaded"]
-        if self.carried_over:
+        if self.carried_over and self.matched_classes:
             parts.append(f"{len(self.carried_over)} class-specific tensors carried over for "
                          f"{len(self.matched_classes)} matching classes")
+        elif self.carried_over:
+            parts.append(f"{len(self.carried_over)} class-specific tensors keep only their class-agnostic rows "
+                         f"(no class name matches)")
         if self.reinitialised:
             parts.append(f"{len(self.reinitialised)} re-initialised")
         if self.kept_init:
@@ -179,6 +182,7 @@ def apply_init_from(model: nn.Module, path: str | Path, category_names: list[str
     report = InitFromReport(str(path), same, matched_classes=[new_names[i] for i, _ in pairs] if not same else new_names,
                             new_classes=[] if same else [n for n in new_names if n not in old_names])
     dst = model.state_dict()
+    dino = getattr(getattr(model, "cfg", None), "query_head", None) == "dino"
     shift = 0
     if LEVEL_EMBEDS in src and LEVEL_EMBEDS in dst and src[LEVEL_EMBEDS].shape[1:] == dst[LEVEL_EMBEDS].shape[1:]:
         shift = dst[LEVEL_EMBEDS].shape[0] - src[LEVEL_EMBEDS].shape[0]
@@ -201,6 +205,8 @@ def apply_init_from(model: nn.Module, path: str | Path, category_names: list[str
         if source_name != name:
             report.remapped[name] = f"from {source_name} (the same stride)"
         kind = class_layout(name)
+        if kind == "scorer" and dino:   # Co-DINO's two-stage scorer has real classes: no ranking channel
+            kind = "plain"
         level_rows = _LEVEL_ROWS.match(name)
         if shift and (name == LEVEL_EMBEDS or level_rows):
             heads, levels = 1, fresh.shape[0]

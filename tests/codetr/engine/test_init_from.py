@@ -190,3 +190,15 @@ def test_a_converted_official_checkpoint_starts_another_config(tmp_path):
     assert init.levels == [5, 4] and init.queries == [30, 12]
     assert init.matched_classes == ["person", "dog"] and init.new_classes == ["my_widget"]
     assert not init.kept_init
+
+
+def test_codino_two_stage_scorer_has_no_class_agnostic_channel(tmp_path):
+    """Deformable-DETR's scorer ranks by channel 0 whatever the classes (carried); Co-DINO's has real classes."""
+    source = _built([], seed=1, config="experiments/codino_tiny.yaml")
+    torch.manual_seed(2)
+    model = build_model(load_config("experiments/codino_tiny.yaml", SMALL + ["model.num_classes=2"]))
+    fresh = model.state_dict()["query_head.enc_cls_branch.weight"].clone()
+    report = apply_init_from(model, _save(tmp_path, source), ["dog", "cat"])
+    assert torch.equal(model.state_dict()["query_head.enc_cls_branch.weight"], fresh)
+    assert "query_head.enc_cls_branch.weight" in report.reinitialised
+    assert "keep only their class-agnostic rows" in report.summary()           # the RoI background rows
