@@ -95,7 +95,12 @@ def test_none_is_bitwise_the_previous_float32_step():
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_builds_and_steps(head, amp):
     """Two steps under CPU autocast: finite losses, the parameters move; inside, the projections run in
-    half precision while the query head's boxes and every loss stay float32."""
+    half precision while the query head's boxes and every loss stay float32.
+
+    bf16 on 128 px images (fp16, slower on a CPU, on 64 px): torch's CPU bf16 convolution backward (oneDNN, torch 2.14) gives sporadic non-finite
+    weight gradients for a stride-2 convolution of a 1 x 1 input (2 to 217 of 300 tries here; none
+    with 2 x 2, with fp16, or with oneDNN off), which the query head's stride-128 downsample of a 64 px
+    image is."""
     cfg = load_config(CONFIGS[head], [*SMALL, f"train.amp={amp}"])
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=3)
@@ -108,7 +113,7 @@ def test_mixed_precision_builds_and_steps(head, amp):
     linear = next(m for m in model.query_head.modules() if isinstance(m, torch.nn.Linear))
     linear.register_forward_hook(lambda m, args, out: seen.update(linear=out.dtype))
     logs = []
-    loop = _loop(cfg, model, _batches(2), logs)
+    loop = _loop(cfg, model, _batches(2, size=128 if amp == "bf16" else 64), logs)
     loop.run()
     assert seen["linear"] == (torch.bfloat16 if amp == "bf16" else torch.float16)
     assert seen["boxes"] == seen["enc"] == torch.float32
