@@ -21,7 +21,14 @@ class TrainConfig:
     lr_gamma: float = 0.1              # lr factor at each of lr_steps
     warmup_iters: int = 0              # linear lr warm-up over this many iterations
     warmup_ratio: float = 0.001        # warm-up starts at lr x warmup_ratio
-    amp: bool = False                  # bf16 autocast on GPU (ignored on CPU); official: fp32
+    # mixed precision: none (float32, official), bf16 (autocast), fp16 (autocast + dynamic loss scale, overflowing
+    # steps skipped); true / false: the key's former form, read as bf16 / none
+    amp: Literal["none", "bf16", "fp16"] | bool = "none"
+    # micro-batches per optimizer step (gradient accumulation); iterations, max_iters, warmup_iters and log_every count optimizer steps
+    accumulate_steps: int = 1
+    # lr rule when the effective batch (workers x data.batch_size x accumulate_steps) differs from reference_batch
+    scale_lr: Literal["none", "linear", "sqrt"] = "none"
+    reference_batch: int | None = None  # the recipe's effective batch, for scale_lr and the start-up note (official: 16); null: none
     seed: int = 0                      # base seed; worker rank r uses seed + r
     eval_every: int = 1                # evaluate every N epochs (and always after the last); 0: only at the end
     log_every: int = 20                # iterations between metric logs / progress lines
@@ -42,6 +49,13 @@ class TrainConfig:
         check_range(self.eval_every >= 0, f"{prefix}.eval_every", "must be >= 0")
         check_range(self.checkpoint_every >= 0, f"{prefix}.checkpoint_every", "must be >= 0")
         check_range(self.max_skipped_steps >= 0, f"{prefix}.max_skipped_steps", "must be >= 0")
+        if isinstance(self.amp, bool):   # the former boolean form
+            self.amp = "bf16" if self.amp else "none"
+        check_range(self.accumulate_steps >= 1, f"{prefix}.accumulate_steps", "must be >= 1")
+        if self.reference_batch is not None:
+            check_range(self.reference_batch >= 1, f"{prefix}.reference_batch", "must be >= 1 or null")
+        check_range(self.scale_lr == "none" or self.reference_batch is not None, f"{prefix}.scale_lr",
+                    f"{self.scale_lr} scales the lr against train.reference_batch: set it (official recipes: 16)")
 
 
 @dataclass

@@ -25,6 +25,11 @@ SWIN_SIZES = {
 }
 
 
+# parts of the detector model.freeze may keep fixed (codetr/models/freeze.py says what each holds)
+FREEZE_PARTS = ("backbone", "backbone.stem", "backbone.stage1", "backbone.stage2", "backbone.stage3", "backbone.stage4",
+                "neck", "encoder", "decoder", "query_head", "aux_heads")
+
+
 @dataclass(frozen=True)
 class SwinArch:
     """The resolved Swin settings (preset of ``swin_size`` with the explicit values on top)."""
@@ -189,7 +194,9 @@ class ModelConfig:
     with_coord_feat: bool = True       # positive queries get LayerNorm(Linear(feature)) in their content, a per-head scalar in their position
     pos_query_padding: Literal["negatives", "masked"] = "negatives"  # empty slots: the head's negatives as background (official), or masked out
     neck_norm: Literal["group_norm", "masked_group_norm"] = "group_norm"  # masked: GroupNorm statistics ignore padded pixels (not official)
-    init_from: str | None = None       # weights only (project or converted official checkpoint); class layers re-initialised when classes differ
+    init_from: str | None = None       # weights only (project or converted official checkpoint); classes, query count and feature levels may differ (docs/fine-tuning.md)
+    # parts kept fixed (no gradient, not in the optimizer, eval mode): backbone, backbone.stem, backbone.stage1-4, neck, encoder, decoder, query_head, aux_heads
+    freeze: list[str] = field(default_factory=list)
     aux: AuxHeadsConfig = field(default_factory=AuxHeadsConfig)
 
     def validate(self, prefix: str) -> None:
@@ -220,6 +227,9 @@ class ModelConfig:
         check_range(self.lambda1 >= 0, f"{p}.lambda1", f"must be >= 0, got {self.lambda1}")
         check_range(self.lambda2 >= 0, f"{p}.lambda2", f"must be >= 0, got {self.lambda2}")
         self.aux.validate(f"{p}.aux")
+        for i, part in enumerate(self.freeze):
+            check_range(part in FREEZE_PARTS, f"{p}.freeze[{i}]",
+                        f"unknown part {part!r}; valid parts: {', '.join(FREEZE_PARTS)}")
         if "fcos" in self.aux_heads:
             n = len(self.aux.fcos.regress_ranges)
             check_range(n == self.num_levels + 1, f"{p}.aux.fcos.regress_ranges",

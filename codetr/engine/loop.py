@@ -16,6 +16,8 @@ Metric names (the one place they are made):
     train/grad_norm             total gradient norm before clipping
     train/iter_time             seconds per iteration;  train/images_per_s: all workers together
     train/skipped_steps         steps dropped so far for a non-finite loss (train.on_nonfinite=skip)
+    train/loss_scale            train.amp=fp16: the dynamic loss scale at the end of the window
+    train/overflow_steps        train.amp=fp16: steps skipped so far because their gradients overflowed
     train/iter_cpu_time         CPU seconds of this process per iteration (the wall time it would take
                                 on a core of its own: on a shared machine, iter_time / iter_cpu_time
                                 shows the contention)
@@ -23,65 +25,137 @@ Metric names (the one place they are made):
 
 Losses are averaged over the last ``train.log_every`` iterations of rank 0; the values are
 accumulated on the device and read back once per window (no per-iteration host sync).
+
+Gradient accumulation (``train.accumulate_steps`` = K): an iteration is one optimizer step over K
+consecutive batches of the loader (micro-batches). Each micro-batch's loss is normalised as an
+official multi-GPU step normalises it (every count averaged over the workers, see
+:mod:`codetr.models.losses`) and divided by K; the gradients add up, DDP all-reduces them once, on
+the last micro-batch (``no_sync`` before), then clipping, the optimizer and the lr schedule act once.
+Iterations, ``train.max_iters``, ``train.warmup_iters``, ``train.log_every`` and the lr steps count
+optimizer steps (as the official iterations do); an epoch is ``len(loader) // K`` of them (a
+remainder of fewer than K batches is not used). W workers x B images x K steps equal W x (B K)
+images x 1 step when every micro-batch holds the same number of boxes and positives; otherwise a
+box of a sparse micro-batch weighs a little more (the mmcv ``GradientCumulativeOptimizerHook``
+convention: each count is only known inside its own forward pass). Trainable BatchNorm normalises
+over each micro-batch, not over the effective batch (``model.backbone.norm: frozen_bn``, the
+official setting, has no batch statistics).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from codetr.engine.checkpoint import CHECKPOINT_FILE, capture_rng_state, save_checkpoint, unwrap_model
 from codetr.engine.dist import all_gather_objects, get_rank, get_world_size
 from codetr.engine.evaluate import EvalSample, evaluate
 from codetr.engine.nonfinite import DIVERGED_HINT, NonFiniteGuard
-from codetr.engine.precision import autocast_context
+from codetr.engine.precision import autocast_context, make_grad_scaler
 from codetr.errors import NonFiniteCostError
+from codetr.models.precision import upcast
 
-BEST_METRIC = "coco/AP"
+BEST_METRIC = "coco/AP"     # unless the evaluator names its own primary metric (LVIS: lvis/AP)
+
+
+MicroBatch = tuple[list[torch.Tensor], list[dict]]   # (images, targets) of one loader batch
 
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor                  # scalar objective (detached)
-    weighted: dict[str, torch.Tensor]   # named weighted terms (detached scalars)
+    loss: torch.Tensor                  # scalar objective (detached), mean over the micro-batches
+    weighted: dict[str, torch.Tensor]   # named weighted terms (detached scalars), mean over the micro-batches
     unweighted: dict[str, torch.Tensor]
-    grad_norm: torch.Tensor             # total norm before clipping
-    applied: bool = True                # False: the update was skipped (non-finite loss or gradient)
+    grad_norm: torch.Tensor             # total norm before clipping (unscaled under fp16)
+    applied: bool = True                # False: the update was skipped (non-finite loss or gradient, fp16 overflow)
+    overflow: bool = False              # train.amp=fp16: skipped because the scaled gradients overflowed
+
+
+def optimizer_steps_per_epoch(num_batches: int, accumulate_steps: int) -> int:
+    """Iterations (optimizer steps) in an epoch of ``num_batches`` loader batches: ``num_batches // K``."""
+    return num_batches // accumulate_steps
 
 
 def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict], optimizer: torch.optim.Optimizer,
-               *, clip_grad_norm: float, amp: bool = False,
+               *, clip_grad_norm: float, amp: str | bool = "none", scaler: torch.amp.GradScaler | None = None,
                allow_step: Callable[[torch.Tensor, dict, torch.Tensor], bool] | None = None) -> StepOutput:
-    """One optimisation step: forward, backward, grad-norm clipping (``clip_grad_norm`` 0: none), step.
+    """One optimisation step on one batch: :func:`accumulated_step` with a single micro-batch."""
+    return accumulated_step(model, [(images, targets)], optimizer, clip_grad_norm=clip_grad_norm, amp=amp,
+                            scaler=scaler, allow_step=allow_step)
+
+
+def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimizer: torch.optim.Optimizer, *,
+                     clip_grad_norm: float, amp: str | bool = "none", scaler: torch.amp.GradScaler | None = None,
+                     allow_step: Callable[[torch.Tensor, dict, torch.Tensor], bool] | None = None,
+                     device: torch.device | None = None) -> StepOutput:
+    """One optimisation step over K micro-batches: forward and backward of each (loss / K), then
+    grad-norm clipping (``clip_grad_norm`` 0: none) and one ``optimizer.step()``.
 
     ``model(images, targets, return_unweighted=True)`` must return two dicts of scalar tensors
-    (weighted and unweighted named losses); their weighted sum is the objective.
-    ``allow_step(loss, weighted, grad_norm)``, when given, runs before ``optimizer.step()``: False
-    skips the update (see :mod:`codetr.engine.nonfinite`).
+    (weighted and unweighted named losses); their weighted sum is the objective. A DDP model
+    synchronises its gradients on the last micro-batch only. ``device``: where each micro-batch is
+    moved just before its forward pass (None: where it is). ``scaler`` (fp16): the loss is scaled
+    for the backward pass and the gradients unscaled before clipping; a step with inf / nan
+    gradients is skipped (``overflow``) and the scale lowered. ``allow_step(loss, weighted,
+    grad_norm)``, when given, runs before ``optimizer.step()``: False skips the update (see
+    :mod:`codetr.engine.nonfinite`); under fp16 it sees the loss only (overflowing gradients are the
+    scaler's to handle).
     """
-    device = images[0].device
-    with autocast_context(device, amp):
-        weighted, unweighted = model(images, targets, return_unweighted=True)
-    loss = torch.stack([v.float() for v in weighted.values()]).sum()
+    k = len(micro_batches)
+    if k == 0:
+        raise ValueError("accumulated_step needs at least one micro-batch")
+    ddp = isinstance(model, DistributedDataParallel)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loss_sum: torch.Tensor | None = None
+    weighted_sum: dict[str, torch.Tensor] = {}
+    unweighted_sum: dict[str, torch.Tensor] = {}
+    for i, (images, targets) in enumerate(micro_batches):
+        if device is not None:
+            images, targets = _to_device(images, targets, device)
+        sync = not ddp or i == k - 1
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast_context(images[0].device, amp):
+                weighted, unweighted = model(images, targets, return_unweighted=True)
+            loss = torch.stack([upcast(v) for v in weighted.values()]).sum()
+            objective = loss / k if k > 1 else loss
+            (scaler.scale(objective) if scaler is not None else objective).backward()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        for sums, terms in ((weighted_sum, weighted), (unweighted_sum, unweighted)):
+            for name, value in terms.items():
+                sums[name] = value.detach() if name not in sums else sums[name] + value.detach()
+    if k > 1:
+        loss_sum = loss_sum / k
+        weighted_sum = {name: v / k for name, v in weighted_sum.items()}
+        unweighted_sum = {name: v / k for name, v in unweighted_sum.items()}
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     max_norm = clip_grad_norm if clip_grad_norm > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros((), device=device)
-    applied = allow_step is None or allow_step(loss.detach(), weighted, grad_norm.detach())
-    if applied:
+    grad_norm = (torch.nn.utils.clip_grad_norm_(params, max_norm) if params
+                 else torch.zeros((), device=loss_sum.device))
+    guard_norm = torch.zeros_like(grad_norm) if scaler is not None else grad_norm.detach()
+    applied = allow_step is None or allow_step(loss_sum, weighted_sum, guard_norm)
+    overflow = False
+    if scaler is not None:
+        overflow = applied and not bool(torch.isfinite(grad_norm))
+        if applied:
+            scaler.step(optimizer)          # skips the update itself when the gradients overflowed
+        scaler.update()
+        applied = applied and not overflow
+    elif applied:
         optimizer.step()
-    else:
+    if not applied:
         optimizer.zero_grad(set_to_none=True)
-    return StepOutput(loss.detach(), {k: v.detach() for k, v in weighted.items()},
-                      {k: v.detach() for k, v in unweighted.items()}, grad_norm.detach(), applied)
+    return StepOutput(loss_sum, weighted_sum, unweighted_sum, grad_norm.detach(), applied, overflow)
 
 
 def head_of(loss_name: str) -> str:
@@ -174,11 +248,11 @@ class TrainLoop:
     Args:
         model: the detector, possibly wrapped in DistributedDataParallel.
         optimizer, scheduler: see :mod:`codetr.engine.optim`; the scheduler steps every iteration.
-        train_loader: yields ``(images, targets)`` (lists); ``set_epoch(epoch)`` is called on its
-            sampler when it has one (distributed shuffling).
+        train_loader: yields ``(images, targets)`` (lists), ``train.accumulate_steps`` of them per
+            iteration; ``set_epoch(epoch)`` is called on its sampler when it has one (distributed shuffling).
         cfg: the full :class:`codetr.config.Config`; the loop reads ``cfg.train`` and stores
             the whole config in checkpoints.
-        iters_per_epoch: ``len(train_loader)``.
+        iters_per_epoch: optimizer steps per epoch (see below).
         val_loader, make_evaluator: evaluation data and a factory of fresh evaluators
             (``update(predictions, targets)``, ``synchronize()``, ``summarize()``).
         checkpoint_extra: extra entries of every checkpoint (num_classes, category_names, ...).
@@ -186,6 +260,11 @@ class TrainLoop:
         num_samples: validation predictions kept for the host (drawn images) at the final evaluation.
         image_names: image id -> file name (named by a non-finite-loss error).
         skipped_steps: steps already skipped for a non-finite loss (a resumed run's count).
+        scaler_state, overflow_steps: ``train.amp=fp16``: a resumed run's loss scaler state and count of
+            overflowing steps (both in its checkpoint: ``"scaler"``, ``"overflow_steps"``).
+
+    ``iters_per_epoch`` counts optimizer steps: :func:`optimizer_steps_per_epoch` of the loader's
+    length and ``train.accumulate_steps`` (the lr schedule is built with the same number).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -194,9 +273,11 @@ class TrainLoop:
                  make_evaluator: Callable[[], Any] | None = None, hooks: LoopHooks | None = None,
                  checkpoint_extra: dict[str, Any] | None = None, start_epoch: int = 0, start_iteration: int = 0,
                  best_value: float | None = None, num_samples: int = 0, scratch_dir: str | Path | None = None,
-                 image_names: Callable[[int], str] | None = None, skipped_steps: int = 0):
+                 image_names: Callable[[int], str] | None = None, skipped_steps: int = 0,
+                 scaler_state: dict | None = None, overflow_steps: int = 0):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_loader, self.val_loader, self.make_evaluator = train_loader, val_loader, make_evaluator
+        self.best_metric = BEST_METRIC   # the evaluator's primary metric once it has run
         self.cfg, self.tcfg = cfg, cfg.train
         self.device = device
         self.iters_per_epoch = iters_per_epoch
@@ -214,6 +295,16 @@ class TrainLoop:
         self.last_metrics: dict[str, float] = {}
         self.last_eval_summary = ""
         self.guard = NonFiniteGuard(self.tcfg.on_nonfinite, self.tcfg.max_skipped_steps, image_names, skipped_steps)
+        self.accumulate_steps = self.tcfg.accumulate_steps
+        num_batches = len(train_loader) if hasattr(train_loader, "__len__") else None
+        if num_batches is not None and optimizer_steps_per_epoch(num_batches, self.accumulate_steps) != iters_per_epoch:
+            raise ValueError(f"iters_per_epoch counts optimizer steps: {num_batches} batches // train.accumulate_steps "
+                             f"{self.accumulate_steps} = {optimizer_steps_per_epoch(num_batches, self.accumulate_steps)}, "
+                             f"got {iters_per_epoch} (codetr.engine.loop.optimizer_steps_per_epoch)")
+        self.scaler = make_grad_scaler(self.tcfg.amp, device)
+        if self.scaler is not None and scaler_state:
+            self.scaler.load_state_dict(scaler_state)
+        self.overflow_steps = overflow_steps
 
     # ------------------------------------------------------------------ training
 
@@ -227,12 +318,17 @@ class TrainLoop:
         while self.iteration < self.total_iters:
             self._set_epoch(self.epoch)
             self.model.train()
-            for images, targets in self.train_loader:
-                images, targets = _to_device(images, targets, self.device)
-                out = self._step(images, targets)
-                self.scheduler.step()
+            for micro_batches in self._optimizer_steps():
+                out = self._step(micro_batches)
+                with warnings.catch_warnings():
+                    # a skipped first step (fp16 overflow, on_nonfinite=skip) never called optimizer.step():
+                    # the schedule still moves on, on purpose
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    self.scheduler.step()
+                if out.overflow:
+                    self.overflow_steps += 1
                 if out.applied:
-                    window.add(out, len(images))
+                    window.add(out, sum(len(images) for images, _ in micro_batches))
                 self.iteration += 1
                 done = self.iteration >= self.total_iters
                 if self.iteration % self.tcfg.log_every == 0 or done:
@@ -246,6 +342,9 @@ class TrainLoop:
                     metrics["train/images_per_s"] = images_seen * self.world_size / max(elapsed, 1e-9)
                     metrics["train/epoch"] = self.iteration / self.iters_per_epoch
                     metrics["train/skipped_steps"] = float(self.guard.skipped)
+                    if self.scaler is not None:
+                        metrics["train/loss_scale"] = float(self.scaler.get_scale())
+                        metrics["train/overflow_steps"] = float(self.overflow_steps)
                     self.last_metrics.update(metrics)
                     if self.rank == 0 and self.hooks.on_log:
                         eta = (self.total_iters - self.iteration) * recent_iter_time
@@ -259,14 +358,28 @@ class TrainLoop:
             window_start, window_cpu_start = time.perf_counter(), time.process_time()
         return self.last_metrics
 
-    def _step(self, images: list[torch.Tensor], targets: list[dict]) -> StepOutput:
-        """:func:`train_step` behind the non-finite guard (iteration numbers in errors are 1-based)."""
+    def _optimizer_steps(self) -> Iterable[list[MicroBatch]]:
+        """The loader's batches in groups of ``train.accumulate_steps``, ``iters_per_epoch`` groups."""
+        group: list[MicroBatch] = []
+        steps = 0
+        for images, targets in self.train_loader:
+            group.append((images, targets))
+            if len(group) == self.accumulate_steps:
+                yield group
+                group = []
+                steps += 1
+                if steps == self.iters_per_epoch:
+                    return
+
+    def _step(self, micro_batches: list[MicroBatch]) -> StepOutput:
+        """:func:`accumulated_step` behind the non-finite guard (iteration numbers in errors are 1-based)."""
         number = self.iteration + 1
+        targets = [t for _, batch_targets in micro_batches for t in batch_targets]
         try:
-            return train_step(self.model, images, targets, self.optimizer, clip_grad_norm=self.tcfg.clip_grad_norm,
-                              amp=self.tcfg.amp,
-                              allow_step=lambda loss, weighted, grad_norm: self.guard.allow_step(
-                                  number, loss, weighted, grad_norm, targets))
+            return accumulated_step(self.model, micro_batches, self.optimizer, clip_grad_norm=self.tcfg.clip_grad_norm,
+                                    amp=self.tcfg.amp, scaler=self.scaler, device=self.device,
+                                    allow_step=lambda loss, weighted, grad_norm: self.guard.allow_step(
+                                        number, loss, weighted, grad_norm, targets))
         except NonFiniteCostError as e:
             raise self.guard.error(number, {}, targets, what="predictions", hint=f"{e}; {DIVERGED_HINT}") from None
 
@@ -294,7 +407,7 @@ class TrainLoop:
             report.eval_summary = self.last_eval_summary
             report.samples = samples
             self.last_metrics.update(metrics)
-            value = metrics.get(BEST_METRIC)
+            value = metrics.get(self.best_metric)
             if self.rank == 0 and value is not None and (self.best_value is None or value > self.best_value):
                 self.best_value = value
                 report.is_best = True
@@ -311,6 +424,7 @@ class TrainLoop:
     def evaluate(self, num_samples: int = 0) -> tuple[dict[str, float], list[EvalSample]]:
         """COCO metrics of the current model on ``val_loader`` (rank 0; ``{}`` elsewhere)."""
         evaluator = self.make_evaluator()
+        self.best_metric = getattr(evaluator, "primary_metric", BEST_METRIC)
         out = evaluate(self.model, self.val_loader, evaluator, self.device, amp=self.tcfg.amp,
                        num_samples=num_samples)
         self.last_eval_summary = str(getattr(evaluator, "summary_text", "") or "")
@@ -330,8 +444,10 @@ class TrainLoop:
             "rng_states": rng_states,
             "config": to_dict(self.cfg),
             "metrics": dict(self.last_metrics),
-            "best": None if self.best_value is None else {"metric": BEST_METRIC, "value": self.best_value},
+            "best": None if self.best_value is None else {"metric": self.best_metric, "value": self.best_value},
             "skipped_steps": self.guard.skipped,
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "overflow_steps": self.overflow_steps,
             **self.checkpoint_extra,
         }
 

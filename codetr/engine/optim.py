@@ -5,10 +5,19 @@ AdamW with two parameter groups: parameters whose name contains one of
 ``lr x train.lr_mult_value``; the rest at ``lr``. The schedule is per iteration: a linear
 warm-up from ``warmup_ratio x lr`` over ``warmup_iters``, then ``lr x gamma^k`` where k counts
 the epochs of ``train.lr_steps`` already reached.
+
+LR scaling (``train.scale_lr``): the effective batch of a step is workers x ``data.batch_size`` x
+``train.accumulate_steps``; when it differs from ``train.reference_batch`` (the recipe's: 16 for
+the official ones, 8 GPUs x 2 images), ``linear`` multiplies ``train.lr`` by effective / reference
+(Goyal et al. 2017; the official ``auto_scale_lr``), ``sqrt`` by its square root (the rule often
+preferred for Adam-type optimizers), ``none`` keeps it. :func:`lr_scaling` computes it;
+the platform logs the result (``derived.effective_batch``, ``derived.lr``) and prints its note.
 """
 from __future__ import annotations
 
 import bisect
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -35,10 +44,62 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, mult_ke
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`build_param_groups` of ``model`` with the settings of ``cfg``."""
-    groups = build_param_groups(model, cfg.lr, cfg.weight_decay, cfg.lr_mult_keys, cfg.lr_mult_value)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+@dataclass(frozen=True)
+class LRScaling:
+    """The learning rate a run uses for its effective batch (see the module docstring)."""
+
+    world_size: int
+    batch_size: int                    # images per worker and micro-batch (data.batch_size)
+    accumulate_steps: int
+    reference_batch: int | None        # the recipe's effective batch (train.reference_batch)
+    rule: str                          # train.scale_lr
+    base_lr: float                     # train.lr
+    lr: float                          # the lr the optimizer gets
+
+    @property
+    def effective_batch(self) -> int:
+        """Images per optimizer step over all workers."""
+        return self.world_size * self.batch_size * self.accumulate_steps
+
+    @property
+    def differs(self) -> bool:
+        """True when the recipe names a batch and this run's effective batch is another."""
+        return self.reference_batch is not None and self.effective_batch != self.reference_batch
+
+    def note(self) -> str:
+        """One line saying what was done about the batch ("" when nothing differs)."""
+        if not self.differs:
+            return ""
+        head = (f"effective batch {self.effective_batch} ({self.world_size} worker(s) x {self.batch_size} image(s) x "
+                f"{self.accumulate_steps} accumulation step(s)) differs from the recipe's {self.reference_batch}")
+        if self.rule == "none":
+            per_step = self.world_size * self.batch_size
+            hint = ""
+            if self.reference_batch % per_step == 0:
+                hint = f"; train.accumulate_steps={self.reference_batch // per_step} gives the recipe's batch"
+            return (f"{head}: lr kept at {self.base_lr:g} (train.scale_lr=none; linear or sqrt scales it"
+                    f"{hint})")
+        factor = self.effective_batch / self.reference_batch
+        how = f"x {factor:g}" if self.rule == "linear" else f"x sqrt({factor:g}) = {math.sqrt(factor):.4g}"
+        return f"{head}: lr {self.base_lr:g} -> {self.lr:g} (train.scale_lr={self.rule}: {how})"
+
+
+def lr_scaling(cfg: TrainConfig, *, world_size: int, batch_size: int) -> LRScaling:
+    """The lr of a run with ``world_size`` workers of ``batch_size`` images (per micro-batch)."""
+    effective = world_size * batch_size * cfg.accumulate_steps
+    lr = cfg.lr
+    if cfg.scale_lr != "none" and cfg.reference_batch is not None:
+        factor = effective / cfg.reference_batch
+        lr = cfg.lr * (factor if cfg.scale_lr == "linear" else math.sqrt(factor))
+    return LRScaling(world_size, batch_size, cfg.accumulate_steps, cfg.reference_batch, cfg.scale_lr, cfg.lr, lr)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW over :func:`build_param_groups` of ``model`` with the settings of ``cfg``; ``lr``: the base lr
+    (default ``cfg.lr``; a run passes :func:`lr_scaling`'s ``lr``)."""
+    lr = cfg.lr if lr is None else lr
+    groups = build_param_groups(model, lr, cfg.weight_decay, cfg.lr_mult_keys, cfg.lr_mult_value)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def lr_factor(iteration: int, *, warmup_iters: int, warmup_ratio: float, step_iters: list[int],

@@ -11,6 +11,7 @@ from codetr.models.aux.positives import PositiveQueries
 from codetr.models.query_heads.denoising import DenoisingQueries, denoising_targets
 from codetr.models.losses import mean_over_workers, quality_focal_loss_sum, sigmoid_focal_loss_sum
 from codetr.models.matcher import hungarian_match
+from codetr.models.precision import full_dtype, upcast
 
 
 def _pair_losses(logits: Tensor, boxes_cxcywh_norm: Tensor, batch_idx: Tensor, query_idx: Tensor,
@@ -30,18 +31,18 @@ def _pair_losses(logits: Tensor, boxes_cxcywh_norm: Tensor, batch_idx: Tensor, q
             Focal Loss with that beta, the target of a supervised prediction being the IoU of its
             (detached) box with its target.
     """
-    pred = boxes_cxcywh_norm[batch_idx, query_idx].float()
-    target = gt_boxes_cxcywh_norm.float()
+    pred = upcast(boxes_cxcywh_norm[batch_idx, query_idx])
+    target = gt_boxes_cxcywh_norm.to(pred.dtype)
     rows = cls_rows if cls_rows is not None else torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
     if quality_beta is None:
-        target_cls = torch.zeros_like(logits, dtype=torch.float32)
+        target_cls = torch.zeros_like(logits, dtype=full_dtype(logits))
         target_cls[batch_idx, query_idx, labels] = 1.0
         loss_cls = sigmoid_focal_loss_sum(logits[rows], target_cls[rows], alpha, gamma) / normalizer
     else:
         num_classes = logits.shape[-1]
         label_map = torch.full(logits.shape[:2], num_classes, dtype=torch.long, device=logits.device)
         label_map[batch_idx, query_idx] = labels
-        score_map = torch.zeros(logits.shape[:2], dtype=torch.float32, device=logits.device)
+        score_map = torch.zeros(logits.shape[:2], dtype=full_dtype(logits), device=logits.device)
         score_map[batch_idx, query_idx] = aligned_box_iou(box_cxcywh_to_xyxy(pred.detach()), box_cxcywh_to_xyxy(target))
         loss_cls = quality_focal_loss_sum(logits[rows], label_map[rows], score_map[rows], quality_beta) / normalizer
     loss_bbox = (pred - target).abs().sum() / normalizer
@@ -49,7 +50,7 @@ def _pair_losses(logits: Tensor, boxes_cxcywh_norm: Tensor, batch_idx: Tensor, q
     giou = elementwise_generalized_box_iou(box_cxcywh_to_xyxy(pred) * scale, box_cxcywh_to_xyxy(target) * scale)
     loss_giou = (1 - giou).sum() / normalizer
     # keep every term connected to the graph, also when nothing is supervised
-    zero = boxes_cxcywh_norm.sum() * 0.0
+    zero = upcast(boxes_cxcywh_norm).sum() * 0.0
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox + zero, "loss_giou": loss_giou + zero}
 
 

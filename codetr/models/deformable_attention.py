@@ -6,7 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from codetr.ops import ms_deform_attn
+from codetr.models.precision import float32_region, upcast
+from codetr.ops import ms_deform_attn, resolve_msda_impl
 
 
 class MultiScaleDeformableAttention(nn.Module):
@@ -66,14 +67,17 @@ class MultiScaleDeformableAttention(nn.Module):
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         value = value.view(bs, num_keys, self.num_heads, self.embed_dims // self.num_heads)
-        offsets = self.sampling_offsets(query).view(
+        # the sampling runs in full precision (under autocast the projections above and below do not):
+        # locations in [0, 1] of maps ~200 px wide need more than bf16's 8 bits
+        offsets = upcast(self.sampling_offsets(query)).view(
             bs, num_queries, self.num_heads, self.num_levels, self.num_points, 2)
-        weights = self.attention_weights(query).view(
+        weights = upcast(self.attention_weights(query)).view(
             bs, num_queries, self.num_heads, self.num_levels * self.num_points).softmax(-1)
         weights = weights.view(bs, num_queries, self.num_heads, self.num_levels, self.num_points)
+        reference_points = reference_points.to(offsets.dtype)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalise by (w, h)
-            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=query.device)
             # [bs, num_queries, 1, num_levels, 1, 2] + [..., num_heads, num_levels, num_points, 2]
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
@@ -82,5 +86,10 @@ class MultiScaleDeformableAttention(nn.Module):
                 offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5
         else:
             raise ValueError(f"reference_points must end in 2 or 4, got {tuple(reference_points.shape)}")
-        output = ms_deform_attn(value, spatial_shapes, locations, weights, impl=self.msda_impl)
+        with float32_region(value):
+            # grid_sample in half precision would round the sampled values: the PyTorch path samples an
+            # upcast copy; the Triton kernels read half-precision values and accumulate in float32
+            impl = resolve_msda_impl(self.msda_impl, value)
+            output = ms_deform_attn(value if impl == "triton" else upcast(value), spatial_shapes, upcast(locations),
+                                    upcast(weights), impl=impl)
         return self.output_proj(output)

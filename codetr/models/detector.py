@@ -17,6 +17,8 @@ from codetr.config.schema import ModelConfig
 from codetr.models.backbones import build_backbone
 from codetr.models.aux.positives import select_positive_queries
 from codetr.models.criterion import QueryCriterion, layer_prefix
+from codetr.models.freeze import freeze_parts
+from codetr.models.precision import full_dtype
 from codetr.models.query_heads.denoising import DenoisingQueries, build_denoising_queries
 from codetr.models.query_heads.dino import DINOQueryHead
 from codetr.models.soft_nms import soft_nms
@@ -50,6 +52,13 @@ class CoDETR(nn.Module):
         self.criterion = QueryCriterion(cfg, num_classes)
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
+        self._frozen_parts = freeze_parts(self, cfg.freeze)
+
+    def train(self, mode: bool = True) -> "CoDETR":
+        super().train(mode)
+        for module in self._frozen_parts:   # model.freeze: fixed BatchNorm statistics and dropout
+            module.eval()
+        return self
 
     # ------------------------------------------------------------------ inputs / outputs
 
@@ -92,9 +101,12 @@ class CoDETR(nn.Module):
             sizes = [(max_h, max_w)] * len(images)
         return batch, mask, sizes
 
-    @staticmethod
-    def _scales(sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
-        return torch.tensor([[w, h, w, h] for h, w in sizes], dtype=torch.float32, device=device)
+    def box_dtype(self) -> torch.dtype:
+        """dtype of targets and image scales: float32 (also under autocast), float64 in a float64 model."""
+        return full_dtype(self.pixel_mean)
+
+    def _scales(self, sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
+        return torch.tensor([[w, h, w, h] for h, w in sizes], dtype=self.box_dtype(), device=device)
 
     @torch.no_grad()
     def postprocess(self, logits: Tensor, boxes_cxcywh_norm: Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
@@ -147,7 +159,7 @@ class CoDETR(nn.Module):
                             ) -> tuple[list[Tensor], list[Tensor]]:
         scales = self._scales(sizes, device)
         gt_labels = [t["labels"].to(device=device, dtype=torch.int64) for t in targets]
-        gt_boxes = [box_xyxy_to_cxcywh(t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4)) / scales[i]
+        gt_boxes = [box_xyxy_to_cxcywh(t["boxes"].to(device=device, dtype=scales.dtype).reshape(-1, 4)) / scales[i]
                     for i, t in enumerate(targets)]
         return gt_labels, gt_boxes
 
@@ -173,7 +185,7 @@ class CoDETR(nn.Module):
             logits, boxes = logits[:, :, pad:], boxes[:, :, pad:]
         losses.update(self.criterion.hungarian_losses(logits, boxes, out.enc_logits, out.enc_boxes_cxcywh_norm,
                                                       gt_labels, gt_boxes, scales))
-        head_targets = [{"boxes": t["boxes"].to(device=device, dtype=torch.float32),
+        head_targets = [{"boxes": t["boxes"].to(device=device, dtype=self.box_dtype()),
                          "labels": t["labels"].to(device=device, dtype=torch.int64)} for t in targets]
         for idx, (key, head) in enumerate(zip(self.aux_keys, self.aux_heads)):
             head_losses, candidates = head.forward_train(out.pyramid, head_targets, sizes)

@@ -6,10 +6,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from codetr.models.precision import upcast
+
 
 def sigmoid_focal_loss_sum(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
     """Sum over all elements of the sigmoid focal loss; ``targets`` same shape as ``logits`` in [0, 1]."""
-    logits = logits.float()
+    logits = upcast(logits)
+    targets = targets.to(logits.dtype)
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
@@ -26,7 +29,7 @@ def quality_focal_loss_sum(logits: Tensor, labels: Tensor, scores: Tensor, beta:
     class (IoU of its box), ignored for background. A class channel that is not the row's label is a
     negative: BCE(p, 0) x p^beta; the label's channel: BCE(p, score) x |score - p|^beta.
     """
-    logits = logits.float()
+    logits = upcast(logits)
     prob = logits.sigmoid()
     num_classes = logits.shape[-1]
     loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * prob.pow(beta)

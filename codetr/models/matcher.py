@@ -8,6 +8,7 @@ from torch import Tensor
 
 from codetr.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from codetr.errors import NonFiniteCostError
+from codetr.models.precision import upcast
 
 
 @torch.no_grad()
@@ -23,16 +24,16 @@ def match_cost(logits: Tensor, boxes_cxcywh_norm: Tensor, gt_labels: Tensor, gt_
     Returns:
         [Q, G]: cls_weight * focal class cost + bbox_weight * L1 + giou_weight * (-GIoU).
     """
-    prob = logits.float().sigmoid()
+    prob = upcast(logits).sigmoid()
     eps = 1e-8
     neg_cost = -(1 - prob + eps).log() * (1 - alpha) * prob.pow(gamma)
     pos_cost = -(prob + eps).log() * alpha * (1 - prob).pow(gamma)
     cost_cls = pos_cost[:, gt_labels] - neg_cost[:, gt_labels]
-    cost_bbox = torch.cdist(boxes_cxcywh_norm.float(), gt_boxes_cxcywh_norm.float(), p=1)
+    cost_bbox = torch.cdist(upcast(boxes_cxcywh_norm), upcast(gt_boxes_cxcywh_norm), p=1)
     cost = cls_weight * cost_cls + bbox_weight * cost_bbox
     if giou_weight:
-        cost = cost - giou_weight * generalized_box_iou(box_cxcywh_to_xyxy(boxes_cxcywh_norm.float()) * scale_xyxy,
-                                                        box_cxcywh_to_xyxy(gt_boxes_cxcywh_norm.float()) * scale_xyxy)
+        cost = cost - giou_weight * generalized_box_iou(box_cxcywh_to_xyxy(upcast(boxes_cxcywh_norm)) * scale_xyxy,
+                                                        box_cxcywh_to_xyxy(upcast(gt_boxes_cxcywh_norm)) * scale_xyxy)
     return cost
 
 
@@ -68,8 +69,8 @@ def hungarian_match(logits: Tensor, boxes_cxcywh_norm: Tensor, gt_labels: list[T
     for i, size in enumerate(sizes):
         block = cost[i, :, start:start + size]
         if size and giou_weight:
-            pred_xyxy = box_cxcywh_to_xyxy(boxes_cxcywh_norm[i].float()) * scales_xyxy[i]
-            gt_xyxy = box_cxcywh_to_xyxy(gt_boxes_cxcywh_norm[i].float()) * scales_xyxy[i]
+            pred_xyxy = box_cxcywh_to_xyxy(upcast(boxes_cxcywh_norm[i])) * scales_xyxy[i]
+            gt_xyxy = box_cxcywh_to_xyxy(upcast(gt_boxes_cxcywh_norm[i])) * scales_xyxy[i]
             block = block - giou_weight * generalized_box_iou(pred_xyxy, gt_xyxy)
         start += size
         block = block.cpu().numpy()

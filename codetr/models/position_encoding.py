@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from codetr.models.precision import full_dtype, upcast
+
 
 class SinePositionalEncoding(nn.Module):
     """Position of every valid pixel, cumulated over the non-padded area, as sin/cos features."""
@@ -43,9 +45,8 @@ def box_position_embedding(boxes_unact: Tensor, num_pos_feats: int = 128, temper
     boxes_unact: [B, N, 4] un-sigmoided cxcywh -> [B, N, 4 * num_pos_feats].
     """
     scale = 2 * math.pi
-    dim_t = torch.arange(num_pos_feats, dtype=torch.float32, device=boxes_unact.device)
+    dim_t = torch.arange(num_pos_feats, dtype=full_dtype(boxes_unact), device=boxes_unact.device)
     dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
-    pos = boxes_unact.sigmoid().float()[..., None] * scale / dim_t  # [B, N, 4, num_pos_feats]
+    pos = upcast(boxes_unact).sigmoid()[..., None] * scale / dim_t  # [B, N, 4, num_pos_feats]
     # [B, N, 4, num_pos_feats/2, 2] -> [B, N, 4 * num_pos_feats]
-    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)
-    return pos.to(boxes_unact.dtype)
+    return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(2)

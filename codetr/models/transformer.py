@@ -9,6 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from codetr.box_ops import inverse_sigmoid
 from codetr.models.deformable_attention import MultiScaleDeformableAttention
+from codetr.models.precision import upcast
 
 
 @dataclass
@@ -142,7 +143,7 @@ class DeformableDecoder(nn.Module):
         all_logits, all_boxes = [], []
         for lid, layer in enumerate(self.layers):
             query = layer(query, query_pos, reference[:, :, None] * valid_ratios_boxes, ctx, query_padding_mask)
-            delta = reg_branches[lid](query)
+            delta = upcast(reg_branches[lid](query))     # box refinement in full precision
             # the output box is refined from the previous layer's box with its gradient (one step back) ...
             all_boxes.append((delta + inverse_sigmoid(prev_refined)).sigmoid())
             all_logits.append(cls_branches[lid](query))

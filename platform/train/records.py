@@ -9,6 +9,7 @@ import yaml
 
 from codetr.config import Config, flatten, to_dict
 from codetr.data import build_dataset
+from codetr.engine.optim import lr_scaling
 from codetr.errors import CodetrError
 from platform.tracking import mlflow_runs
 from platform.tracking.datasets import DatasetInfo, describe, log_datasets
@@ -46,8 +47,10 @@ def describe_data(cfg: Config) -> RunData:
 
 
 def derived_params(cfg, *, world_size: int, num_classes: int | None, train_images: int | None) -> dict:
-    """Values worth comparing across runs that the config does not spell out."""
+    """Values worth comparing across runs that the config does not spell out (the effective batch and the
+    learning rate actually used: :func:`codetr.engine.optim.lr_scaling`)."""
     heads = ["query", *cfg.model.aux_heads]
+    scaling = lr_scaling(cfg.train, world_size=world_size, batch_size=cfg.data.batch_size)
     out = {
         "derived.K": len(cfg.model.aux_heads),
         "derived.heads": ",".join(heads),
@@ -57,12 +60,13 @@ def derived_params(cfg, *, world_size: int, num_classes: int | None, train_image
         "derived.world_size": world_size,
         "derived.global_batch_size": world_size * cfg.data.batch_size,
         "derived.num_classes": num_classes,
+        "derived.effective_batch": scaling.effective_batch,
+        "derived.lr": scaling.lr,
     }
     if train_images:
         per_worker = train_images // world_size
-        out["derived.iters_per_epoch"] = per_worker // cfg.data.batch_size
+        out["derived.iters_per_epoch"] = per_worker // cfg.data.batch_size // cfg.train.accumulate_steps
     return out
-
 
 
 def log_run_inputs(tracking_uri: str, run_id: str, cfg: Config, data: RunData, *, log_config: bool = True) -> None:

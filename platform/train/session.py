@@ -32,6 +32,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from codetr.config import Config, ConfigError, to_dict
+from codetr.engine.optim import lr_scaling
 from codetr.errors import CodetrError
 from platform.core.checkpoints import latest_checkpoint
 from platform.core.config_files import check_run_name, default_run_name, load_run_config
@@ -198,6 +199,10 @@ class RunSession:
         try:
             with self.timed("mlflow"):
                 log_run_inputs(self.tracking_uri, self.run_id, self.cfg, self.data)
+            batch_note = lr_scaling(self.cfg.train, world_size=self.cfg.platform.num_workers,
+                                    batch_size=self.cfg.data.batch_size).note()
+            if batch_note:   # the effective batch differs from the recipe's: what was done about the lr
+                print(f"[platform] {batch_note}", flush=True)
             print(f"[platform] MLflow run {self.run_id} ({'resumed' if self.resumed else 'new'}) at "
                   f"{self.tracking_uri}", flush=True)
             with self.timed("ray_start"):

@@ -35,8 +35,8 @@ from codetr import build_model
 from codetr.config import Config, config_from_dict
 from codetr.data import build_dataset, collate_fn
 from codetr.data.build import group_sampler
-from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optimizer, load_checkpoint,
-                           restore_rng_state, seed_everything)
+from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optimizer, load_checkpoint, lr_scaling,
+                           optimizer_steps_per_epoch, restore_rng_state, seed_everything)
 from codetr.engine.dist import all_gather_objects
 from codetr.engine.init_from import apply_init_from
 from codetr.evaluation import build_evaluator
@@ -135,17 +135,19 @@ class WorkerData:
     val_ds: Any
     train_loader: Any
     val_loader: Any
-    iters_per_epoch: int
+    iters_per_epoch: int          # optimizer steps (train.accumulate_steps batches each)
 
     @classmethod
     def build(cls, cfg: Config, host) -> "WorkerData":
         train_ds = build_dataset(cfg, "train")
         val_ds = build_dataset(cfg, "val")
         train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn, host)
-        if len(train_loader) == 0:
-            raise ValueError(f"the training set ({len(train_ds)} images) gives no full batch of "
-                             f"{cfg.data.batch_size} per worker with {host.world_size} workers")
-        return cls(train_ds, val_ds, train_loader, val_loader, len(train_loader))
+        iters_per_epoch = optimizer_steps_per_epoch(len(train_loader), cfg.train.accumulate_steps)
+        if iters_per_epoch == 0:
+            raise ValueError(f"the training set ({len(train_ds)} images) gives no optimizer step of "
+                             f"{cfg.train.accumulate_steps} full batch(es) of {cfg.data.batch_size} per worker with "
+                             f"{host.world_size} workers")
+        return cls(train_ds, val_ds, train_loader, val_loader, iters_per_epoch)
 
 
 @dataclass
@@ -175,7 +177,8 @@ def _build_and_restore(cfg: Config, config: dict[str, Any], host, data: WorkerDa
     elif cfg.model.init_from:
         _init_from(model, cfg, list(data.train_ds.category_names), host.rank, run_name, logger)
     model = host.prepare_model(model, find_unused_parameters=cfg.platform.find_unused_parameters)
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train, lr=lr_scaling(cfg.train, world_size=host.world_size,
+                                                                 batch_size=cfg.data.batch_size).lr)
     scheduler = build_lr_scheduler(optimizer, cfg.train, data.iters_per_epoch)
     start = StartPoint(model, optimizer, scheduler, host.device(), state)
     if state is None:
@@ -213,7 +216,8 @@ def _make_loop(cfg: Config, data: WorkerData, start: StartPoint, reporter: Repor
         start_epoch=start.epoch, start_iteration=start.iteration, best_value=start.best_value,
         num_samples=cfg.platform.num_val_images,
         image_names=lambda image_id: data.train_ds.coco.imgs[image_id]["file_name"],
-        skipped_steps=(start.state or {}).get("skipped_steps", 0))
+        skipped_steps=(start.state or {}).get("skipped_steps", 0), scaler_state=(start.state or {}).get("scaler"),
+        overflow_steps=(start.state or {}).get("overflow_steps", 0))
 
 
 def _run_or_report_final(loop: TrainLoop, host, state: dict | None, run_name: str) -> None:

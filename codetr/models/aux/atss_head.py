@@ -23,6 +23,7 @@ from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_tow
                                     init_conv_head, positive_normaliser, reduce_mean, targets_to_device)
 from codetr.models.aux.box_coder import DeltaXYWHCoder
 from codetr.models.aux.positives import Candidates
+from codetr.models.precision import full_dtype, upcast
 
 
 def centerness_target(points_xy: Tensor, boxes_xyxy: Tensor) -> Tensor:
@@ -68,7 +69,7 @@ class ATSSHead(AuxHead):
             cls_feat = self.cls_convs(x)
             reg_feat = self.reg_convs(x)
             cls_scores.append(self.atss_cls(cls_feat))
-            bbox_preds.append(scale(self.atss_reg(reg_feat)).float())
+            bbox_preds.append(upcast(scale(self.atss_reg(reg_feat))))
             centernesses.append(self.atss_centerness(reg_feat))
         return cls_scores, bbox_preds, centernesses
 
@@ -129,10 +130,10 @@ class ATSSHead(AuxHead):
         outputs = self(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
         device = feats[0].device
-        anchors_xyxy = torch.cat(self.anchor_generator.grid_anchors(sizes, device=device))         # [A, 4]
+        anchors_xyxy = torch.cat(self.anchor_generator.grid_anchors(sizes, dtype=full_dtype(feats[0]), device=device))         # [A, 4]
         num_level_anchors = [h * w * self.anchor_generator.num_base_anchors for h, w in sizes]
         valid = torch.cat(self.anchor_generator.valid_flags(sizes, image_sizes, device), dim=1)   # [B, A]
-        gt_boxes, gt_labels = targets_to_device(targets, device)
+        gt_boxes, gt_labels = targets_to_device(targets, device, full_dtype(feats[0]))
         labels, targets_xyxy, pos_mask = self.assign(anchors_xyxy, num_level_anchors, valid, gt_boxes, gt_labels)
         losses = self.loss(outputs, anchors_xyxy, valid, labels, targets_xyxy, pos_mask)
         boxes_xyxy = torch.where(valid[..., None], anchors_xyxy[None], torch.zeros_like(anchors_xyxy)[None])

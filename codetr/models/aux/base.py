@@ -94,8 +94,9 @@ def flatten_levels(maps: Sequence[Tensor], channels: int) -> Tensor:
     return torch.cat(out, dim=1)
 
 
-def targets_to_device(targets: Sequence[dict], device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
-    """Per image gt boxes [N, 4] float and labels [N] int64 on ``device``."""
-    boxes = [t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4) for t in targets]
+def targets_to_device(targets: Sequence[dict], device: torch.device,
+                      dtype: torch.dtype = torch.float32) -> tuple[list[Tensor], list[Tensor]]:
+    """Per image gt boxes [N, 4] in ``dtype`` and labels [N] int64 on ``device``."""
+    boxes = [t["boxes"].to(device=device, dtype=dtype).reshape(-1, 4) for t in targets]
     labels = [t["labels"].to(device=device, dtype=torch.long).reshape(-1) for t in targets]
     return boxes, labels

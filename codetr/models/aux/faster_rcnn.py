@@ -18,6 +18,7 @@ from codetr.models.aux.base import PYRAMID_STRIDES, AuxHead, targets_to_device
 from codetr.models.aux.positives import Candidates
 from codetr.models.aux.roi_head import RoIHead
 from codetr.models.aux.rpn import RPNHead
+from codetr.models.precision import full_dtype
 
 
 # the reference hands at most this many sampled proposals per image to the positive queries
@@ -43,12 +44,12 @@ class FasterRCNNHead(AuxHead):
         feats = list(feats)[:len(self.strides)]
         device = feats[0].device
         sizes = [tuple(f.shape[-2:]) for f in feats]
-        gt_boxes, gt_labels = targets_to_device(targets, device)
+        gt_boxes, gt_labels = targets_to_device(targets, device, full_dtype(feats[0]))
 
         # stage 1: RPN losses and proposals
         rpn_out = self.rpn(feats)
         gen = self.rpn.anchor_generator
-        level_anchors = gen.grid_anchors(sizes, device=device)
+        level_anchors = gen.grid_anchors(sizes, dtype=full_dtype(feats[0]), device=device)
         anchors_xyxy = torch.cat(level_anchors)                                    # [N, 4]
         valid = torch.cat(gen.valid_flags(sizes, image_sizes, device), dim=1)      # [B, N]
         pos, neg, rpn_targets = self.rpn.assign(anchors_xyxy, valid, gt_boxes)

@@ -27,6 +27,7 @@ from codetr.models.aux.atss_head import centerness_target
 from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_tower, flatten_levels,
                                     init_conv_head, positive_normaliser, reduce_mean, targets_to_device)
 from codetr.models.aux.positives import Candidates
+from codetr.models.precision import full_dtype, upcast
 
 
 class FCOSHead(AuxHead):
@@ -58,7 +59,7 @@ class FCOSHead(AuxHead):
             cls_feat = self.cls_convs(x)
             reg_feat = self.reg_convs(x)
             cls_scores.append(self.conv_cls(cls_feat))
-            pred = scale(self.conv_reg(reg_feat)).float()
+            pred = upcast(scale(self.conv_reg(reg_feat)))
             # norm_on_bbox: the network regresses distances in strides
             distances.append(F.relu(pred) * stride if self.cfg.norm_on_bbox else pred.exp())
             centernesses.append(self.conv_centerness(reg_feat if self.cfg.centerness_on_reg else cls_feat))
@@ -117,10 +118,10 @@ class FCOSHead(AuxHead):
         outputs = self(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
         device = feats[0].device
-        level_points = grid_points(sizes, self.strides, device=device)
+        level_points = grid_points(sizes, self.strides, dtype=full_dtype(feats[0]), device=device)
         points_xy = torch.cat(level_points)                                        # [N, 2]
         num_level_points = [p.shape[0] for p in level_points]
-        gt_boxes, gt_labels = targets_to_device(targets, device)
+        gt_boxes, gt_labels = targets_to_device(targets, device, full_dtype(feats[0]))
         labels, targets_xyxy, pos_mask = self.assign(points_xy, num_level_points, gt_boxes, gt_labels)
         losses = self.loss(outputs, points_xy, labels, targets_xyxy, pos_mask)
         half = 0.5 * self.cfg.pos_box_size * torch.repeat_interleave(

@@ -24,6 +24,7 @@ from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, flatten_levels, in
                                     positive_normaliser, targets_to_device)
 from codetr.models.aux.box_coder import DeltaXYWHCoder
 from codetr.models.aux.positives import Candidates
+from codetr.models.precision import full_dtype
 
 
 class RetinaNetHead(AuxHead):
@@ -110,9 +111,9 @@ class RetinaNetHead(AuxHead):
         outputs = self(feats)
         sizes = [tuple(f.shape[-2:]) for f in feats]
         device = feats[0].device
-        anchors_xyxy = torch.cat(self.anchor_generator.grid_anchors(sizes, device=device))         # [N, 4]
+        anchors_xyxy = torch.cat(self.anchor_generator.grid_anchors(sizes, dtype=full_dtype(feats[0]), device=device))         # [N, 4]
         valid = torch.cat(self.anchor_generator.valid_flags(sizes, image_sizes, device), dim=1)   # [B, N]
-        gt_boxes, gt_labels = targets_to_device(targets, device)
+        gt_boxes, gt_labels = targets_to_device(targets, device, full_dtype(feats[0]))
         labels, targets_xyxy, pos_mask, label_weights = self.assign(anchors_xyxy, valid, gt_boxes, gt_labels)
         losses = self.loss(outputs, anchors_xyxy, labels, targets_xyxy, pos_mask, label_weights)
         boxes_xyxy = torch.where(valid[..., None], anchors_xyxy[None], torch.zeros_like(anchors_xyxy)[None])

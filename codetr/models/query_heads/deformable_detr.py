@@ -18,6 +18,7 @@ from codetr.box_ops import inverse_sigmoid
 from codetr.config.schema import ModelConfig
 from codetr.models.position_encoding import SinePositionalEncoding, box_position_embedding
 from codetr.models.deformable_attention import MultiScaleDeformableAttention
+from codetr.models.precision import upcast
 from codetr.models.transformer import DeformableDecoder, DeformableEncoder, MemoryContext
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ class QueryHead(nn.Module):
         output_memory, proposals_unact = encoder_proposals(memory, padding_mask, spatial_shapes)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         enc_logits = self.enc_cls_branch(output_memory)  # [bs, num_keys, num_classes]
-        enc_boxes_unact = self.enc_reg_branch(output_memory) + proposals_unact
+        enc_boxes_unact = upcast(self.enc_reg_branch(output_memory)) + proposals_unact
         num_select = min(self.num_queries, enc_logits.shape[1])
         topk = select_valid_topk(enc_logits[..., 0], torch.isinf(proposals_unact[..., 0]), num_select)  # [bs, num_select]
         topk_boxes_unact = enc_boxes_unact.gather(1, topk[..., None].expand(-1, -1, 4)).detach()

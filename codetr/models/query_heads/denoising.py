@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
+from codetr.models.precision import full_dtype
 
 
 @dataclass
@@ -68,7 +69,8 @@ def build_denoising_queries(gt_labels: list[Tensor], gt_boxes_cxcywh_norm: list[
     groups = num_dn_groups(max_gts, num_dn_queries)
     pad = 2 * groups * max_gts
     labels = torch.cat(gt_labels).to(device)                                      # [N] all gts, image-major
-    boxes = torch.cat(gt_boxes_cxcywh_norm).to(device).float()                     # [N, 4]
+    dtype = full_dtype(label_embedding.weight)
+    boxes = torch.cat(gt_boxes_cxcywh_norm).to(device=device, dtype=dtype)        # [N, 4]
     image = torch.cat([torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(counts)])
     n = labels.numel()
     # 2G copies, copy-major: copy c = group c // 2, positive if c is even
@@ -83,14 +85,14 @@ def build_denoising_queries(gt_labels: list[Tensor], gt_boxes_cxcywh_norm: list[
     if box_noise > 0:
         xyxy = box_cxcywh_to_xyxy(boxes_rep)
         half_wh = boxes_rep[:, 2:].repeat(1, 2) / 2
-        sign = torch.randint_like(boxes_rep, low=0, high=2, dtype=torch.float32) * 2.0 - 1.0
+        sign = torch.randint_like(boxes_rep, low=0, high=2) * 2.0 - 1.0
         magnitude = torch.rand_like(boxes_rep)
         negative = torch.arange(2 * groups, device=device).repeat_interleave(n) % 2 == 1   # odd copies
-        magnitude = magnitude + negative[:, None].float()
+        magnitude = magnitude + negative[:, None].to(dtype)
         xyxy = (xyxy + magnitude * sign * half_wh * box_noise).clamp(min=0.0, max=1.0)
         noised_boxes = box_xyxy_to_cxcywh(xyxy)
-    content = torch.zeros(b, pad, dims, device=device)
-    boxes_unact = torch.zeros(b, pad, 4, device=device)
+    content = torch.zeros(b, pad, dims, device=device, dtype=label_embedding.weight.dtype)
+    boxes_unact = torch.zeros(b, pad, 4, device=device, dtype=dtype)
     if n:
         within = torch.cat([torch.arange(c, device=device) for c in counts])      # gt j of its image
         slot = torch.cat([within + max_gts * c for c in range(2 * groups)])

@@ -26,6 +26,7 @@ from codetr.box_ops import inverse_sigmoid
 from codetr.config.schema import ModelConfig
 from codetr.models.deformable_attention import MultiScaleDeformableAttention
 from codetr.models.query_heads.denoising import DenoisingQueries
+from codetr.models.precision import full_dtype, upcast
 from codetr.models.position_encoding import SinePositionalEncoding, box_position_embedding
 from codetr.models.query_heads.deformable_detr import MLP, QueryHeadOutput, encoder_proposals, select_valid_topk, valid_ratios_of
 from codetr.models.transformer import DecoderLayer, DeformableEncoder, MemoryContext
@@ -35,13 +36,13 @@ REF_EPS = 1e-3   # inverse_sigmoid eps of DINO's box refinement
 
 def reference_sine_embedding(boxes_cxcywh: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
     """[B, N, 4] (cx, cy, w, h) in [0, 1] -> [B, N, 4 num_feats], blocks ordered (y, x, w, h) as DINO."""
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=boxes_cxcywh.device)
+    dim_t = torch.arange(num_feats, dtype=full_dtype(boxes_cxcywh), device=boxes_cxcywh.device)
     dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
-    pos = boxes_cxcywh.float()[..., None] * (2 * math.pi) / dim_t              # [B, N, 4, num_feats]
+    pos = upcast(boxes_cxcywh)[..., None] * (2 * math.pi) / dim_t              # [B, N, 4, num_feats]
     # [B, N, 4, num_feats/2, 2] -> [B, N, 4, num_feats]: sin on even, cos on odd features
     pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(3)
     x, y, w, h = pos.unbind(2)
-    return torch.cat((y, x, w, h), dim=-1).to(boxes_cxcywh.dtype)
+    return torch.cat((y, x, w, h), dim=-1)
 
 
 class DinoDecoder(nn.Module):
@@ -71,7 +72,7 @@ class DinoDecoder(nn.Module):
             ref_input = reference[:, :, None] * valid_ratios_boxes                      # [bs, Q, L, 4]
             query_pos = self.ref_point_head(reference_sine_embedding(ref_input[:, :, 0], self.embed_dims // 2))
             query = layer(query, query_pos, ref_input, ctx, query_padding_mask, self_attn_mask)
-            refined = (reg_branches[lid](query) + inverse_sigmoid(reference, eps=REF_EPS)).sigmoid()
+            refined = (upcast(reg_branches[lid](query)) + inverse_sigmoid(reference, eps=REF_EPS)).sigmoid()
             reference = refined.detach()
             states.append(self.norm(query))
             references.append(refined)
@@ -157,7 +158,7 @@ class DINOQueryHead(nn.Module):
         logits, boxes = [], []
         for lid in range(states.shape[0]):
             logits.append(self.cls_branches[lid](states[lid]))
-            boxes.append((self.reg_branches[lid](states[lid]) + inverse_sigmoid(references[lid], eps=REF_EPS)).sigmoid())
+            boxes.append((upcast(self.reg_branches[lid](states[lid])) + inverse_sigmoid(references[lid], eps=REF_EPS)).sigmoid())
         return torch.stack(logits), torch.stack(boxes)
 
     def forward(self, feats: list[Tensor], masks: list[Tensor], dn: DenoisingQueries | None = None) -> QueryHeadOutput:
@@ -177,7 +178,7 @@ class DINOQueryHead(nn.Module):
         output_memory, proposals_unact = encoder_proposals(memory, padding_mask, spatial_shapes)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         enc_logits = self.enc_cls_branch(output_memory)                               # [bs, num_keys, C]
-        enc_boxes_unact = self.enc_reg_branch(output_memory) + proposals_unact
+        enc_boxes_unact = upcast(self.enc_reg_branch(output_memory)) + proposals_unact
         num_select = min(self.num_queries, enc_logits.shape[1])
         # rank by the best class; invalid positions (padding, out-of-range proposals) never selected
         topk = select_valid_topk(enc_logits.max(-1).values, torch.isinf(proposals_unact[..., 0]), num_select)

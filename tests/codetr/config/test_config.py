@@ -69,7 +69,7 @@ def test_a_path_of_a_dataset_that_is_not_selected_is_an_error():
 
 def test_official_run_settings_are_the_defaults():
     r50 = load_config("experiments/codetr_r50_coco.yaml")
-    assert r50.train.amp is False and r50.data.eval_batch_size == 1 and r50.data.group_by_aspect_ratio
+    assert r50.train.amp == "none" and r50.data.eval_batch_size == 1 and r50.data.group_by_aspect_ratio
     m = r50.model
     assert m.with_coord_feat and m.pos_query_padding == "negatives" and m.neck_norm == "group_norm"
     assert m.max_pos_queries == 300 and m.aux_heads == ["faster_rcnn", "atss"] and m.init_from is None

@@ -62,6 +62,16 @@ def test_derived_params_name_heads_and_world():
     assert params["derived.lambda1"] == 0.5
     assert params["derived.world_size"] == 2
     assert params["derived.iters_per_epoch"] == 1000 // 2 // cfg.data.batch_size
+    assert params["derived.effective_batch"] == 2 * cfg.data.batch_size and params["derived.lr"] == cfg.train.lr
+
+
+def test_derived_params_give_the_effective_batch_and_the_lr_used():
+    cfg = load_run_config("codetr_tiny", ["data.batch_size=2", "train.accumulate_steps=2", "train.scale_lr=linear",
+                                          "train.reference_batch=16", "train.lr=2e-4"])
+    params = derived_params(cfg, world_size=2, num_classes=5, train_images=1000)
+    assert params["derived.effective_batch"] == 8
+    assert params["derived.lr"] == pytest.approx(1e-4)
+    assert params["derived.iters_per_epoch"] == 1000 // 2 // 2 // 2
 
 
 def test_tracking_uri_default_is_absolute_sqlite(clean_env, tmp_path):
