@@ -31,7 +31,7 @@ class QueryHeadOutput:
     boxes_cxcywh_norm: Tensor     # [num_layers, bs, num_queries, 4], normalised to each image's unpadded size
     enc_logits: Tensor | None     # [bs, num_keys, num_classes] two-stage scores, channel 0 ranks (train only)
     enc_boxes_cxcywh_norm: Tensor | None  # [bs, num_keys, 4] two-stage proposals (train only)
-    pyramid: list[Tensor] | None  # 5 maps [bs, embed_dims, H_l, W_l], strides 8..128 (train only, for aux heads)
+    pyramid: list[Tensor] | None  # 5 maps [bs, embed_dims, H_l, W_l], strides 8..128 (aux heads' input; train only, DINO: eval too)
     ctx: MemoryContext | None     # encoder memory, for the positive-query decoder passes (train only)
     dn: "DenoisingQueries | None" = None  # DINO: the denoising queries at the front of logits / boxes (train only)
 

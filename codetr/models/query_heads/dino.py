@@ -196,16 +196,19 @@ class DINOQueryHead(nn.Module):
             # no box in the batch: keep the label embedding in the graph (distributed training)
             states = states + self.label_embedding.weight[0, 0] * 0.0
         logits, boxes = self._predict(states, references)
-        if not self.training:
-            return QueryHeadOutput(logits, boxes, None, None, None, None)
+        # the encoder memory as maps plus the stride-128 level (the aux heads' input): also in eval mode,
+        # where it costs one small convolution (the levels are views of the memory), so that the memory can
+        # be inspected and compared stage by stage; the deployable model (no downsample) returns none
         pyramid = None
         if self.downsample is not None:
             pyramid, start = [], 0
             for h, w in spatial_shapes:
-                # [bs, h*w, d] -> [bs, d, h, w]
+                # [bs, h*w, d] -> [bs, d, h, w] (a view)
                 pyramid.append(memory[:, start:start + h * w].transpose(1, 2).reshape(bs, self.embed_dims, h, w))
                 start += h * w
             pyramid.append(self.downsample(pyramid[-1]))
+        if not self.training:
+            return QueryHeadOutput(logits, boxes, None, None, pyramid, None)
         return QueryHeadOutput(logits, boxes, topk_logits, topk_boxes_unact.sigmoid(), pyramid, ctx, dn)
 
     def positive_branch_parameters(self, head_idx: int) -> list[nn.Parameter]:
