@@ -3,8 +3,14 @@
 The graph (``OnnxDetector``): ``images`` float32 ``[batch, 3, H, W]`` RGB in [0, 1], every image exactly
 H x W (no padding mask) -> ``boxes`` ``[batch, K, 4]`` xyxy in pixels of the input, ``scores``
 ``[batch, K]`` (sigmoid), ``labels`` ``[batch, K]`` int64 class indices, K = min(num_detections,
-num_queries x num_classes): the same top-k decoding as ``CoDETR.postprocess``. The deformable attention
-is ``grid_sample`` (ONNX opset >= 16), no custom kernel.
+num_queries x num_classes): the same top-k decoding as ``CoDETR.postprocess``; and what that top-k ranks,
+every query's ``query_logits`` ``[batch, Q, C]`` and ``query_boxes`` ``[batch, Q, 4]`` (cxcywh in [0, 1]).
+The deformable attention is ``grid_sample`` (ONNX opset >= 16), no custom kernel.
+
+The check (:func:`check_onnx`) compares the tensors before the top-k directly, and the detections paired
+by label, score and box (:mod:`codetr.evaluation.agreement`), not rank by rank: two scores closer than
+float32 rounding may come out in either order (an untrained model has many such near-ties, all its
+scores sit near the class prior), and onnxruntime's kernels round otherwise than PyTorch's.
 
 What it supports: the batch is dynamic; the height and width are fixed at export (the multi-scale
 deformable attention's level shapes and the encoder's reference points are constants of the graph):
@@ -28,12 +34,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codetr.box_ops import box_cxcywh_to_xyxy
+from codetr.evaluation.agreement import Agreement, batch_agreement, max_abs_diff
 from codetr.models.query_heads import deformable_detr
 
 DEFAULT_OPSET = 17
 MIN_SIDE = 64
 BOX_TOLERANCE_PX = 0.05       # parity limits of the check (float32 accumulation-order differences only)
-SCORE_TOLERANCE = 1e-4
+SCORE_TOLERANCE = 1e-4        # also: detections whose scores differ by less are interchangeable
+LOGIT_TOLERANCE = 4e-4        # the logits before the sigmoid (its slope is at most 1/4)
+OUTPUT_NAMES = ["boxes", "scores", "labels", "query_logits", "query_boxes"]
 
 
 class OnnxDetector(nn.Module):
@@ -45,7 +54,7 @@ class OnnxDetector(nn.Module):
             raise ValueError("export the deployable model (model.for_inference()), not the training model")
         self.model = model.eval()
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         m = self.model
         height, width = images.shape[-2:]
         batch = (images - m.pixel_mean) / m.pixel_std
@@ -60,7 +69,7 @@ class OnnxDetector(nn.Module):
         boxes_xyxy = box_cxcywh_to_xyxy(boxes_cxcywh_norm.gather(1, query[..., None].expand(-1, -1, 4)))
         size = torch.tensor([width, height, width, height], dtype=boxes_xyxy.dtype, device=boxes_xyxy.device)
         boxes_xyxy = torch.minimum((boxes_xyxy * size).clamp(min=0), size)    # clipped to the image
-        return boxes_xyxy, scores, labels
+        return boxes_xyxy, scores, labels, logits, boxes_cxcywh_norm
 
 
 def masked_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
@@ -101,12 +110,14 @@ def export_onnx(predictor, path: str | Path, height: int, width: int, opset: int
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TorchScript-based ONNX export")
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["boxes", "scores", "labels"],
-                          dynamic_axes={name: batch_axis for name in ("images", "boxes", "scores", "labels")})
+                          input_names=["images"], output_names=OUTPUT_NAMES,
+                          dynamic_axes={name: batch_axis for name in ["images", *OUTPUT_NAMES]})
     graph = onnx.load(str(path))
     for key, value in {"label_names": json.dumps(predictor.category_names), "input_size": f"{height}x{width}",
                        "input_format": "float32 [batch, 3, H, W] RGB in [0, 1]",
-                       "outputs": "boxes [batch, K, 4] xyxy pixels, scores [batch, K], labels [batch, K] int64"}.items():
+                       "outputs": "boxes [batch, K, 4] xyxy pixels, scores [batch, K], labels [batch, K] int64; "
+                                  "before the top-k: query_logits [batch, Q, C], query_boxes [batch, Q, 4] "
+                                  "cxcywh in [0, 1]"}.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(graph, str(path))
@@ -116,32 +127,46 @@ def export_onnx(predictor, path: str | Path, height: int, width: int, opset: int
 @dataclass
 class ParityReport:
     batch: int
-    boxes_max_abs_diff: float        # pixels
-    scores_max_abs_diff: float
-    labels_agree: float              # fraction of the K slots with the same label
+    logits_max_abs_diff: float       # every query's logits, before the top-k (nothing ranked)
+    query_boxes_max_abs_diff: float  # every query's box before the top-k, pixels
+    detections: Agreement            # the top-k detections paired by label, score and box (boxes in pixels)
 
     @property
     def ok(self) -> bool:
-        return (self.boxes_max_abs_diff <= BOX_TOLERANCE_PX and self.scores_max_abs_diff <= SCORE_TOLERANCE
-                and self.labels_agree == 1.0)
+        return (self.logits_max_abs_diff <= LOGIT_TOLERANCE and self.query_boxes_max_abs_diff <= BOX_TOLERANCE_PX
+                and self.detections.ok(SCORE_TOLERANCE, BOX_TOLERANCE_PX))
+
+    def summary(self) -> str:
+        return (f"before the top-k max abs diff logits {self.logits_max_abs_diff:.2e}, boxes "
+                f"{self.query_boxes_max_abs_diff:.2e} px; detections {self.detections.summary()}")
 
 
 def check_onnx(path: str | Path, predictor, images: Tensor) -> ParityReport:
-    """Run the ONNX file with onnxruntime (CPU) and the PyTorch deployable model (its public forward, one
-    image at a time) on the same ``images`` [B, 3, H, W] and compare what they detect."""
+    """Run the ONNX file with onnxruntime (CPU) and the PyTorch deployable model on the same ``images``
+    [B, 3, H, W]: every query's logits and box before the top-k (PyTorch: the exported module itself), and
+    the detections of the model's public forward, paired by label, score and box (near-tied scores may rank
+    otherwise in the two runtimes)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    boxes, scores, labels = session.run(None, {"images": images.numpy()})
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images.numpy()})))
+    missing = [name for name in OUTPUT_NAMES if name not in outputs]
+    if missing:
+        raise RuntimeError(f"{path} has no output {missing}: export it again with this version")
     model = predictor.model.cpu().eval()
     with torch.no_grad():
         reference = model([image for image in images])
-    ref_boxes = np.stack([r["boxes"].numpy() for r in reference])
-    ref_scores = np.stack([r["scores"].numpy() for r in reference])
-    ref_labels = np.stack([r["labels"].numpy() for r in reference])
-    if boxes.shape != ref_boxes.shape:
-        raise RuntimeError(f"onnxruntime gave boxes {boxes.shape}, PyTorch {ref_boxes.shape}")
-    return ParityReport(batch=int(images.shape[0]), boxes_max_abs_diff=float(np.abs(boxes - ref_boxes).max()),
-                        scores_max_abs_diff=float(np.abs(scores - ref_scores).max()),
-                        labels_agree=float((labels == ref_labels).mean()))
+        _, _, _, ref_logits, ref_query_boxes = OnnxDetector(model)(images)
+    if outputs["boxes"].shape != (len(reference), *reference[0]["boxes"].shape):
+        raise RuntimeError(f"onnxruntime gave boxes {outputs['boxes'].shape}, PyTorch "
+                           f"{(len(reference), *reference[0]['boxes'].shape)}")
+    height, width = images.shape[-2:]
+    size = np.array([width, height, width, height], np.float64)
+    ort_detections = [{"boxes": b, "scores": s, "labels": lab}
+                      for b, s, lab in zip(outputs["boxes"], outputs["scores"], outputs["labels"])]
+    return ParityReport(batch=int(images.shape[0]),
+                        logits_max_abs_diff=max_abs_diff(outputs["query_logits"], ref_logits),
+                        query_boxes_max_abs_diff=max_abs_diff(outputs["query_boxes"] * size,
+                                                              ref_query_boxes.numpy() * size),
+                        detections=batch_agreement(reference, ort_detections, SCORE_TOLERANCE))
 
 
 def check_other_size(path: str | Path, height: int, width: int) -> str:
