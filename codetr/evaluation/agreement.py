@@ -16,8 +16,11 @@ nothing differs but the order. :func:`detection_agreement` pairs the detections 
   with the same label (the tie-sensitive rank-by-rank figure).
 
 The sets agree (:meth:`Agreement.ok`) when every detection is paired or unpaired only at the cut, and the
-pairs' score and box differences are within the tolerances. Compare the tensors before the top-k (every
-query's logits and box) directly: they have no ranking, and :func:`max_abs_diff` is all they need.
+pairs' score and box differences are within the tolerances. Compare the tensors before a top-k directly:
+they have no ranking, and :func:`max_abs_diff` is all they need. Where a top-k feeds later stages (a
+two-stage selection of queries), :func:`selection_agreement` says whether another run's selection is a
+valid top-k of the reference's scores up to a tolerance (only near-tied positions swapped); run the
+reference again on that selection to compare what follows exactly.
 """
 from __future__ import annotations
 
@@ -124,3 +127,52 @@ def max_abs_diff(a, b) -> float:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} against {b.shape}")
     return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+@dataclass(frozen=True)
+class SelectionAgreement:
+    """Another run's top-k selection (indices, in rank order) against the reference scores it ranked."""
+    k: int                 # per row
+    rows: int
+    same_rank: int         # positions selected at the same rank as the reference's own top-k
+    same_set: int          # positions selected by both
+    consistent: bool       # the other selection is a top-k of the reference scores within the tolerance
+    worst_violation: float  # how far it is from one (0 when consistent): the largest out-of-order score step
+
+    def summary(self) -> str:
+        n = self.k * self.rows
+        return (f"{self.same_set}/{n} positions selected by both, {self.same_rank}/{n} at the same rank; "
+                + ("a top-k of the reference scores within the tolerance" if self.consistent else
+                   f"NOT a top-k of the reference scores (off by {self.worst_violation:.2e})"))
+
+
+def selection_agreement(reference_scores, reference_index, other_index, tol: float) -> SelectionAgreement:
+    """``reference_scores`` [rows, N] (-inf: never to be selected), ``reference_index`` / ``other_index``
+    [rows, k]: the reference's top-k and another run's. The other selection is consistent when its indices
+    are distinct, select no -inf position, descend in the reference scores up to ``tol`` (a step up of at most
+    ``tol`` between consecutive ranks) and its lowest selected score is at most ``tol`` below the best
+    unselected one."""
+    scores = _array(reference_scores)
+    ref, other = _array(reference_index, np.int64), _array(other_index, np.int64)
+    if scores.ndim != 2 or ref.shape != other.shape or ref.ndim != 2 or ref.shape[0] != scores.shape[0]:
+        raise ValueError(f"selection_agreement: scores {scores.shape}, indices {ref.shape} and {other.shape} do not fit")
+    rows, k = other.shape
+    worst = 0.0
+    consistent = True
+    same_rank = same_set = 0
+    for r in range(rows):
+        picked = other[r]
+        same_rank += int((picked == ref[r]).sum())
+        same_set += len(set(picked.tolist()) & set(ref[r].tolist()))
+        if len(set(picked.tolist())) != k or not np.isfinite(scores[r, picked]).all():
+            consistent, worst = False, float("inf")
+            continue
+        s = scores[r, picked]
+        step_up = float(np.max(s[1:] - s[:-1], initial=0.0))
+        rest = np.delete(scores[r], picked)
+        cut = float(rest.max() - s.min()) if rest.size else 0.0
+        violation = max(step_up, cut)
+        if violation > tol:
+            consistent = False
+        worst = max(worst, violation if violation > tol else 0.0)
+    return SelectionAgreement(k, rows, same_rank, same_set, consistent, worst)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from codetr.evaluation.agreement import batch_agreement, detection_agreement, max_abs_diff
+from codetr.evaluation.agreement import batch_agreement, detection_agreement, max_abs_diff, selection_agreement
 
 BOXES = [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 50.0], [5.0, 60.0, 30.0, 90.0], [50.0, 5.0, 70.0, 25.0]]
 
@@ -77,3 +77,18 @@ def test_batches_merge_and_bad_input_is_named():
     assert max_abs_diff(torch.ones(2, 3), np.full((2, 3), 1.5)) == 0.5
     with pytest.raises(ValueError, match="shapes differ"):
         max_abs_diff(torch.ones(2, 3), torch.ones(3, 2))
+
+
+def test_a_selection_with_near_tied_positions_swapped_is_a_top_k():
+    scores = torch.tensor([[5.0, 4.0, 3.00001, 3.0, 1.0, -float("inf")]])
+    ref = torch.tensor([[0, 1, 2, 3]])
+    swapped = torch.tensor([[0, 1, 3, 2]])                      # within 1e-4: either order is a top-k
+    r = selection_agreement(scores, ref, swapped, tol=1e-4)
+    assert r.consistent and (r.same_rank, r.same_set) == (2, 4) and "2/4 at the same rank" in r.summary()
+    assert not selection_agreement(scores, ref, swapped, tol=1e-6).consistent
+    assert not selection_agreement(scores, ref, torch.tensor([[1, 0, 2, 3]]), tol=1e-4).consistent  # 4 before 5
+    cut = selection_agreement(scores, ref, torch.tensor([[0, 1, 2, 4]]), tol=1e-4)                  # 1 kept, 3 left
+    assert not cut.consistent and cut.worst_violation == pytest.approx(2.0)
+    assert not selection_agreement(scores, ref, torch.tensor([[0, 1, 2, 5]]), tol=1e-4).consistent  # an invalid one
+    scores = torch.tensor([[5.0, 4.0, 3.0, 2.99999]])
+    assert selection_agreement(scores, torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 3]]), tol=1e-4).consistent
