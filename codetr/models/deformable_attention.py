@@ -13,10 +13,10 @@ from codetr.ops import ms_deform_attn, resolve_msda_impl
 def linear_bias_after_product(linear: nn.Linear, x: Tensor) -> Tensor:
     """``linear(x)`` as the product, then the bias added: what PyTorch computes for ``linear`` on a
     non-contiguous input (on a contiguous one it fuses the bias into the product, which rounds otherwise).
-    The official model hands some of its linears sequence-first tensors viewed batch-first (the encoder's
-    layers after the first, the two-stage proposals' projection); these use this form, so that the
-    encoder memory and the two-stage scores are bitwise the official ones on any CPU and a near-tie in
-    the two-stage top-k breaks the same way on both sides (docs/parity.md, "What ties can move")."""
+    The official encoder's layers after the first hand their attention projections sequence-first
+    tensors viewed batch-first; they use this form here, so that the encoder memory, and with it the
+    two-stage scores, are bitwise the official ones on any CPU, and a near-tie in the two-stage top-k
+    breaks the same way on both sides (docs/parity.md, "What ties can move")."""
     out = torch.matmul(x, linear.weight.t())
     return out + linear.bias.to(out.dtype) if linear.bias is not None else out
 

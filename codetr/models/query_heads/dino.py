@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from codetr.box_ops import inverse_sigmoid
 from codetr.config.schema import ModelConfig
-from codetr.models.deformable_attention import MultiScaleDeformableAttention, linear_bias_after_product
+from codetr.models.deformable_attention import MultiScaleDeformableAttention
 from codetr.models.query_heads.denoising import DenoisingQueries
 from codetr.models.precision import full_dtype, upcast
 from codetr.models.position_encoding import SinePositionalEncoding, box_position_embedding
@@ -176,8 +176,7 @@ class DINOQueryHead(nn.Module):
         ctx = MemoryContext(memory, padding_mask, spatial_shapes, valid_ratios)
 
         output_memory, proposals_unact = encoder_proposals(memory, padding_mask, spatial_shapes)
-        # product, then bias: as the official projection of its (batch-first viewed) memory
-        output_memory = self.enc_output_norm(linear_bias_after_product(self.enc_output, output_memory))
+        output_memory = self.enc_output_norm(self.enc_output(output_memory))
         enc_logits = self.enc_cls_branch(output_memory)                               # [bs, num_keys, C]
         enc_boxes_unact = upcast(self.enc_reg_branch(output_memory)) + proposals_unact
         num_select = min(self.num_queries, enc_logits.shape[1])

@@ -1,5 +1,5 @@
 """The official model's rounding where it matters for a ranking: linears of sequence-first tensors viewed
-batch-first (the encoder's layers after the first, the two-stage projection) round as product + bias."""
+batch-first (the attention projections of the encoder's layers after the first) round as product + bias."""
 import torch
 import torch.nn.functional as F
 
