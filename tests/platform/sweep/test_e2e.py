@@ -184,7 +184,9 @@ def test_interrupted_sweep_resumes(head):
                 client, parent, children = _parent_and_children(tracking_uri, "resume")
             except Exception:
                 continue
-            if any(c.data.metrics.get("train/epochs_done", 0) >= 1 for c in children):
+            # a checkpoint Tune registered (the driver names it in the child run): one the worker has only
+            # logged to MLflow may not have reached the driver yet, and --resume would restart from scratch
+            if any(c.data.tags.get("sweep.checkpoint") for c in children):
                 break
         assert proc.poll() is None, f"the sweep ended before it could be interrupted:\n{log.read_text()[-6000:]}"
         proc.send_signal(signal.SIGINT)
@@ -225,16 +227,16 @@ def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
     proc = subprocess.run([sys.executable, "-m", "platform.sweep", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     output = proc.stdout[-8000:] + proc.stderr[-4000:]
-    assert proc.returncode == 0, output
+    assert proc.returncode == 1, output   # an incomplete sweep (tests/platform/sweep/test_faults.py)
     assert "1 of 2 trial(s) failed" in proc.stdout, output
     client, parent, children = _parent_and_children(tracking_uri, "failing")
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.incomplete"] == "true"
     by_batch = {json.loads(c.data.tags["sweep.values"])["data.batch_size"]: c for c in children}
     assert (by_batch[4].info.status, by_batch[4].data.tags["sweep.end"]) == ("FINISHED", "finished")
     failed = by_batch[16]
     assert (failed.info.status, failed.data.tags["sweep.end"]) == ("FAILED", "failed"), output
-    assert failed.data.tags["sweep.end_note"].startswith("ValueError: the training set (8 images) gives no full "
-                                                         "batch of 16"), failed.data.tags["sweep.end_note"]
+    assert failed.data.tags["sweep.end_note"].startswith("ValueError: the training set (8 images) gives no optimizer "
+                                                         "step of 1 full batch(es) of 16"), failed.data.tags["sweep.end_note"]
     assert "error/error.txt" in _artifacts(client, failed.info.run_id)
     table = client.download_artifacts(parent.info.run_id, "summary/results.csv", str(workdir))
     rows = Path(table).read_text().splitlines()[1:]
