@@ -178,15 +178,19 @@ def test_interrupted_sweep_resumes(head):
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         client = None
         deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:   # interrupt once a trial has a checkpoint
-            time.sleep(3)
+        checkpointed = set()
+        while time.time() < deadline and proc.poll() is None:   # interrupt once a running trial has a checkpoint
+            time.sleep(0.5)
             try:
                 client, parent, children = _parent_and_children(tracking_uri, "resume")
             except Exception:
                 continue
-            # a checkpoint Tune registered (the driver names it in the child run): one the worker has only
-            # logged to MLflow may not have reached the driver yet, and --resume would restart from scratch
-            if any(c.data.tags.get("sweep.checkpoint") for c in children):
+            # a checkpoint Tune registered (the driver names it in the child run) of a trial still running:
+            # `train/epochs_done` is logged before the checkpoint reaches the driver, and with one trial at a
+            # time the first may be done while the second has none yet; either restarts from scratch
+            checkpointed = {c.info.run_id for c in children
+                            if c.info.status == "RUNNING" and c.data.tags.get("sweep.checkpoint")}
+            if checkpointed:
                 break
         assert proc.poll() is None, f"the sweep ended before it could be interrupted:\n{log.read_text()[-6000:]}"
         proc.send_signal(signal.SIGINT)
@@ -209,8 +213,9 @@ def test_interrupted_sweep_resumes(head):
     assert {c.data.tags["sweep.end"] for c in children_after} == {"finished"}, output
     for child in children_after:
         assert child.data.metrics["train/epochs_done"] == 2
-        if child.info.run_id in interrupted:   # the same MLflow run, continued from its Ray Train checkpoint
+        if child.info.run_id in interrupted & checkpointed:   # the same MLflow run, continued from its checkpoint
             assert child.data.tags.get("platform.resumed_from", "").startswith("ray:"), child.data.tags
+    assert checkpointed & interrupted, (checkpointed, interrupted)
 
 
 def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
