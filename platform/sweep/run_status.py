@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
@@ -55,17 +56,24 @@ class ChildRunStatusCallback(Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """Tune restarts the trial (from its latest checkpoint): its run stays RUNNING, the failure noted."""
-        client, run_id = self._child(trial)
-        if run_id is None:
-            return
-        client.set_tags(run_id, {END_TAG: "restarting", FAILURES_TAG: str(trial.num_failures),
-                                 LAST_FAILURE_TAG: self._error_note(client, run_id, trial, upload=False)[:5000]})
+        try:
+            client, run_id = self._child(trial)
+            if run_id is None:
+                return
+            tags = {END_TAG: "restarting", FAILURES_TAG: str(trial.num_failures),
+                    LAST_FAILURE_TAG: self._error_note(client, run_id, trial, upload=False)[:5000]}
+            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        except Exception as e:   # a note for people: MLflow away must not stop the sweep's restarts
+            print(f"[sweep] could not note the restart of trial {trial.trial_id} in MLflow: {e}", flush=True)
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
         """Name the trial's newest checkpoint in its run (where a restart or ``--resume`` continues)."""
-        client, run_id = self._child(trial)
-        if run_id is not None:
-            client.set_tag(run_id, CHECKPOINT_TAG, checkpoint.path)
+        try:
+            client, run_id = self._child(trial)
+            if run_id is not None:
+                client.set_tag(run_id, CHECKPOINT_TAG, checkpoint.path)
+        except Exception as e:
+            print(f"[sweep] could not name the checkpoint of trial {trial.trial_id} in MLflow: {e}", flush=True)
 
     @staticmethod
     def _error_note(client: MlflowClient, run_id: str, trial, upload: bool = True) -> str:
