@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from codetr.engine import CHECKPOINT_FILE
+from codetr.errors import CheckpointWriteError, describe_os_error
 from platform.core.visualize import close_figure, draw_detections, plot_loss_curves, save_png
 
 PROGRESS_PREFIX = "[train]"
@@ -88,8 +89,18 @@ class Reporter:
                     f"(iter {report.iteration}): {line}")
             if self.logger is not None:
                 self._log_epoch(report, coco)
-        self.session.report(train_report(report.epoch, report.iteration, report.finished, report.metrics,
-                                         self.session.placement_group_id()), report.checkpoint_dir)
+        try:
+            self.session.report(train_report(report.epoch, report.iteration, report.finished, report.metrics,
+                                             self.session.placement_group_id()), report.checkpoint_dir)
+        except CheckpointWriteError:
+            raise
+        except OSError as e:
+            if report.checkpoint_dir is None:
+                raise
+            # Ray could not persist the checkpoint into the run's storage (no space left, read-only): its
+            # previous checkpoint stays the run's latest, where a resume continues
+            raise CheckpointWriteError(f"{self.cfg.platform.storage_path}/{self.run_name}",
+                                       describe_os_error(e)) from e
 
     def _log_epoch(self, report, coco: dict[str, float]) -> None:
         step = report.iteration

@@ -232,12 +232,21 @@ def test_a_baseline_key_without_effect_in_a_configuration_matches_it(tmp_path):
     ({"baseline": []}, "baseline: must map swept keys to values"),
     ({"trial_runner": "train"}, "trial_runner: 'train' is not one of ['auto', 'ray_train']"),
     ({"seed": [0, 1]}, "unknown sweep field 'seed' (did you mean 'seeds'?)"),
+    ({"max_failures": -2}, "max_failures: must be an integer >= -1, got -2"),
+    ({"max_failures": "2"}, "max_failures: must be an integer >= -1, got '2'"),
+    ({"max_failure": 2}, "unknown sweep field 'max_failure' (did you mean 'max_failures'?)"),
 ])
 def test_bad_repeats_and_baselines_name_the_problem(tmp_path, fields, message):
     fields = {"search_space": HEADS_GRID, **fields}
     with pytest.raises(ConfigError) as info:
         parse_sweep(_write(tmp_path, **fields))
     assert message in str(info.value)
+
+
+def test_max_failures_defaults_to_one_restart_per_trial(tmp_path):
+    assert parse_sweep(_write(tmp_path)).max_failures == 1
+    assert parse_sweep(_write(tmp_path), ["max_failures=0"]).max_failures == 0
+    assert parse_sweep(_write(tmp_path, max_failures=-1)).max_failures == -1
 
 
 def test_single_worker_trials_run_inline_unless_asked_for_ray_train(tmp_path):
