@@ -226,6 +226,7 @@ class EpochReport:
     is_best: bool = False                   # rank 0: this checkpoint has the best coco/AP so far
     samples: list[EvalSample] = field(default_factory=list)  # rank 0: a few validation predictions
     eval_summary: str = ""                  # rank 0: the evaluator's text summary (COCOeval's table)
+    eval_details: dict[str, Any] = field(default_factory=dict)  # rank 0: the evaluator's data for figures
 
 
 @dataclass
@@ -294,6 +295,7 @@ class TrainLoop:
         self.num_epochs = math.ceil(self.total_iters / iters_per_epoch) if iters_per_epoch else 0
         self.last_metrics: dict[str, float] = {}
         self.last_eval_summary = ""
+        self.last_eval_details: dict[str, Any] = {}
         self.guard = NonFiniteGuard(self.tcfg.on_nonfinite, self.tcfg.max_skipped_steps, image_names, skipped_steps)
         self.accumulate_steps = self.tcfg.accumulate_steps
         num_batches = len(train_loader) if hasattr(train_loader, "__len__") else None
@@ -405,6 +407,7 @@ class TrainLoop:
             metrics, samples = self.evaluate(num_samples=self.num_samples if finished else 0)
             report.evaluated = True
             report.eval_summary = self.last_eval_summary
+            report.eval_details = self.last_eval_details
             report.samples = samples
             self.last_metrics.update(metrics)
             value = metrics.get(self.best_metric)
@@ -428,6 +431,7 @@ class TrainLoop:
         out = evaluate(self.model, self.val_loader, evaluator, self.device, amp=self.tcfg.amp,
                        num_samples=num_samples)
         self.last_eval_summary = str(getattr(evaluator, "summary_text", "") or "")
+        self.last_eval_details = dict(getattr(evaluator, "details", None) or {})
         return out
 
     def state_dict(self) -> dict[str, Any]:

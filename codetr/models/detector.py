@@ -7,6 +7,8 @@ losses in train mode (their sum is the objective), ``model(images)`` returns per
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,17 @@ from codetr.models.query_heads.dino import DINOQueryHead
 from codetr.models.soft_nms import soft_nms
 from codetr.models.neck import ChannelMapper
 from codetr.models.query_heads.deformable_detr import QueryHead
+
+
+@dataclass
+class EvalOutputs:
+    """One eval-mode forward pass with what the evaluation's diagnostics need (:meth:`CoDETR.predict_all`)."""
+    detections: dict[str, list[dict]]     # "query" and each evaluated auxiliary head key -> per-image detections
+    encoder_maps: list[Tensor]            # the encoder memory as maps, num_levels x [B, C, H_l, W_l]
+    logits: Tensor                        # the last decoder layer's class logits [B, Q, C]
+    boxes_cxcywh_norm: Tensor             # its boxes [B, Q, 4], normalised to each image's (h, w)
+    sizes: list[tuple[int, int]]          # each image's (h, w) in the batch (the padded batch starts top-left)
+    padded_size: tuple[int, int]          # the padded batch's (H, W)
 
 
 def aux_head_keys(names: list[str]) -> list[str]:
@@ -154,6 +167,24 @@ class CoDETR(nn.Module):
         unweighted = self.compute_losses(out, targets, sizes)
         weighted = self.weight_losses(unweighted)
         return (weighted, unweighted) if return_unweighted else weighted
+
+    @torch.no_grad()
+    def predict_all(self, images: list[Tensor], branches: Sequence[str] = ()) -> EvalOutputs:
+        """Eval mode, one backbone + encoder pass: the query head's detections (as ``model(images)``), those
+        of the auxiliary heads named in ``branches`` (their keys, :attr:`aux_keys`) from the shared encoder
+        pyramid (:mod:`codetr.models.aux.predict`), and the internals the diagnostics read."""
+        unknown = [name for name in branches if name not in self.aux_keys]
+        if unknown:
+            raise ValueError(f"unknown branch(es) {unknown}: this model's auxiliary heads are {self.aux_keys}")
+        batch, mask, sizes = self.preprocess(images)
+        feats, masks = self.neck(self.backbone(batch), mask)
+        out = self.query_head(feats, masks, keep_pyramid=True)
+        detections = {"query": self.postprocess(out.logits[-1], out.boxes_cxcywh_norm[-1], sizes)}
+        for key in branches:
+            head = self.aux_heads[self.aux_keys.index(key)]
+            detections[key] = head.predict(out.pyramid, sizes)
+        return EvalOutputs(detections, out.pyramid[:self.cfg.num_levels], out.logits[-1], out.boxes_cxcywh_norm[-1],
+                           sizes, (int(batch.shape[-2]), int(batch.shape[-1])))
 
     def _normalised_targets(self, targets: list[dict], sizes: list[tuple[int, int]], device: torch.device
                             ) -> tuple[list[Tensor], list[Tensor]]:

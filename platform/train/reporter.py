@@ -12,11 +12,18 @@ from typing import Any
 import torch
 
 from codetr.engine import CHECKPOINT_FILE
+from platform.core.diagnostic_plots import plot_iof_iob
 from platform.core.visualize import close_figure, draw_detections, plot_loss_curves, save_png
 
 PROGRESS_PREFIX = "[train]"
-EVAL_PREFIXES = ("coco/", "lvis/")      # the evaluators' metrics (COCOeval; LVIS for data.format lvis)
+# the evaluators' metrics (COCOeval; LVIS for data.format lvis), each auxiliary branch's, the diagnostics
+EVAL_PREFIXES = ("coco/", "lvis/", "branch/", "diag/")
 HEADLINE_METRICS = ("coco/AP", "coco/AP50", "coco/AP75", "lvis/AP", "lvis/APr", "lvis/APc", "lvis/APf")
+
+
+def is_branch_headline(key: str) -> bool:
+    """``branch/<head>/coco/AP`` (or ``.../lvis/AP``): an auxiliary branch's own AP, printed beside the query head's."""
+    return key.startswith("branch/") and key.endswith(("/coco/AP", "/lvis/AP"))
 
 
 def say(line: str) -> None:
@@ -83,7 +90,8 @@ class Reporter:
         if self.rank == 0:
             coco = {k: v for k, v in report.metrics.items() if k.startswith(EVAL_PREFIXES)}
             if report.evaluated and coco:
-                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items() if k in HEADLINE_METRICS)
+                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items()
+                                 if k in HEADLINE_METRICS or is_branch_headline(k))
                 say(f"{PROGRESS_PREFIX} {self.run_name}  eval after epoch {report.epoch} "
                     f"(iter {report.iteration}): {line}")
             if self.logger is not None:
@@ -97,6 +105,13 @@ class Reporter:
             self.logger.log_metrics(coco, step=step)
         if report.eval_summary:
             self.logger.log_text(report.eval_summary, f"eval/coco_summary_iter{step:07d}.txt")
+        curve = (report.eval_details or {}).get("encoder_iof_iob")
+        if curve is not None:
+            fig = plot_iof_iob(curve, coco.get("diag/encoder_iof_iob_auc"), title=f"{self.run_name}  iteration {step}")
+            try:
+                self.logger.log_figure(fig, f"diagnostics/encoder_iof_iob_iter{step:07d}.png")
+            finally:
+                close_figure(fig)
         self.logger.log_metrics({"train/epochs_done": report.epoch}, step=step)
         if report.checkpoint_dir is not None and self.cfg.platform.log_checkpoints:
             file = report.checkpoint_dir / CHECKPOINT_FILE
