@@ -69,7 +69,9 @@ def curve_area(iof: np.ndarray, iob: np.ndarray) -> float:
     """Area under IoF as a function of IoB, the curve closed at (0, 0) and (1, 1) (a ROC area)."""
     x = np.concatenate([[1.0], iob, [0.0]])
     y = np.concatenate([[1.0], iof, [0.0]])
-    order = np.argsort(x, kind="stable")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    order = np.lexsort((y, x))      # by IoB, ties by IoF: the curve rises at a fixed IoB before it moves right
     x, y = x[order], y[order]
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
 
