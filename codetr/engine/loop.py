@@ -21,7 +21,10 @@ Metric names (the one place they are made):
     train/iter_cpu_time         CPU seconds of this process per iteration (the wall time it would take
                                 on a core of its own: on a shared machine, iter_time / iter_cpu_time
                                 shows the contention)
-    coco/*                      the evaluator's metrics
+    assign/<head>/pos_per_gt    an auxiliary head's positives per gt box; .../gt_without_pos: the share of
+                                gt boxes with none; .../pos_queries_per_image: positive queries it feeds
+                                the decoder; assign/query/matched_per_image: one-to-one matches per image
+    coco/*                      the evaluator's metrics (branch/<head>/coco/*, diag/*: see codetr.evaluation.suite)
 
 Losses are averaged over the last ``train.log_every`` iterations of rank 0; the values are
 accumulated on the device and read back once per window (no per-iteration host sync).
@@ -78,6 +81,7 @@ class StepOutput:
     grad_norm: torch.Tensor             # total norm before clipping (unscaled under fp16)
     applied: bool = True                # False: the update was skipped (non-finite loss or gradient, fp16 overflow)
     overflow: bool = False              # train.amp=fp16: skipped because the scaled gradients overflowed
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's train_stats (assign/*), mean over micro-batches
 
 
 def optimizer_steps_per_epoch(num_batches: int, accumulate_steps: int) -> int:
@@ -118,6 +122,7 @@ def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimize
     loss_sum: torch.Tensor | None = None
     weighted_sum: dict[str, torch.Tensor] = {}
     unweighted_sum: dict[str, torch.Tensor] = {}
+    stats_sum: dict[str, torch.Tensor] = {}
     for i, (images, targets) in enumerate(micro_batches):
         if device is not None:
             images, targets = _to_device(images, targets, device)
@@ -129,13 +134,16 @@ def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimize
             objective = loss / k if k > 1 else loss
             (scaler.scale(objective) if scaler is not None else objective).backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-        for sums, terms in ((weighted_sum, weighted), (unweighted_sum, unweighted)):
+        # statistics the model kept of this forward pass (CoDETR.train_stats: the assignment counts)
+        stats = getattr(unwrap_model(model), "train_stats", None) or {}
+        for sums, terms in ((weighted_sum, weighted), (unweighted_sum, unweighted), (stats_sum, stats)):
             for name, value in terms.items():
                 sums[name] = value.detach() if name not in sums else sums[name] + value.detach()
     if k > 1:
         loss_sum = loss_sum / k
         weighted_sum = {name: v / k for name, v in weighted_sum.items()}
         unweighted_sum = {name: v / k for name, v in unweighted_sum.items()}
+        stats_sum = {name: v / k for name, v in stats_sum.items()}
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -155,7 +163,7 @@ def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimize
         optimizer.step()
     if not applied:
         optimizer.zero_grad(set_to_none=True)
-    return StepOutput(loss_sum, weighted_sum, unweighted_sum, grad_norm.detach(), applied, overflow)
+    return StepOutput(loss_sum, weighted_sum, unweighted_sum, grad_norm.detach(), applied, overflow, stats_sum)
 
 
 def head_of(loss_name: str) -> str:
@@ -188,6 +196,8 @@ class LossWindow:
             full = name if "/" in name else f"query/{name}"
             self._add(f"train_unweighted/{full}", value)
         self._add("train/grad_norm", out.grad_norm)
+        for name, value in out.stats.items():    # assign/<head>/... under their own names
+            self._add(name, value)
         self.steps += 1
         self.images += num_images
 

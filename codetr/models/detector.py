@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from codetr.config.schema import ModelConfig
 from codetr.models.backbones import build_backbone
+from codetr.models.aux.assign_stats import assignment_stats
 from codetr.models.aux.positives import select_positive_queries
 from codetr.models.criterion import QueryCriterion, layer_prefix
 from codetr.models.freeze import freeze_parts
@@ -66,6 +67,8 @@ class CoDETR(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
         self._frozen_parts = freeze_parts(self, cfg.freeze)
+        # the assignment statistics of the last training forward (assign/<head>/...: detached device scalars)
+        self.train_stats: dict[str, Tensor] = {}
 
     def train(self, mode: bool = True) -> "CoDETR":
         super().train(mode)
@@ -218,11 +221,17 @@ class CoDETR(nn.Module):
                                                       gt_labels, gt_boxes, scales))
         head_targets = [{"boxes": t["boxes"].to(device=device, dtype=self.box_dtype()),
                          "labels": t["labels"].to(device=device, dtype=torch.int64)} for t in targets]
+        num_queries = logits.shape[2]
+        stats = {"assign/query/matched_per_image": torch.tensor(
+            sum(min(num_queries, len(labels)) for labels in gt_labels) / max(len(gt_labels), 1), device=device)}
         for idx, (key, head) in enumerate(zip(self.aux_keys, self.aux_heads)):
             head_losses, candidates = head.forward_train(out.pyramid, head_targets, sizes)
             losses.update({f"{key}/{term}": value for term, value in head_losses.items()})
+            stats.update({f"assign/{key}/{name}": value for name, value in
+                          assignment_stats(candidates, [t["boxes"] for t in head_targets], self.num_classes).items()})
             queries = select_positive_queries(candidates, self.num_classes, sizes, self.cfg.max_pos_queries,
                                               padding=self.cfg.pos_query_padding)
+            stats[f"assign/{key}/pos_queries_per_image"] = queries.positive.sum().float() / max(len(targets), 1)
             if queries.positive.shape[1] == 0 or not queries.in_loss.any():
                 # nothing to decode (masked padding and no positive in the batch): keep the branch in the
                 # graph with zero losses
@@ -237,6 +246,7 @@ class CoDETR(nn.Module):
             logits, boxes = self.query_head.forward_positive(out.ctx, queries.boxes_cxcywh_norm, queries.attended,
                                                              idx, queries.feats)
             losses.update(self.criterion.positive_losses(key, logits, boxes, queries, scales))
+        self.train_stats = stats
         return losses
 
     def loss_weight(self, name: str) -> float:
