@@ -414,7 +414,7 @@ class TrainLoop:
         checkpoint_now = finished or (self.tcfg.checkpoint_every > 0 and self.epoch % self.tcfg.checkpoint_every == 0)
         report = EpochReport(self.epoch, self.iteration, finished, {}, evaluated=False)
         if evaluate_now and self.val_loader is not None and self.make_evaluator is not None:
-            metrics, samples = self.evaluate(num_samples=self.num_samples if finished else 0)
+            metrics, samples = self.evaluate(num_samples=self.num_samples if finished else 0, final=finished)
             report.evaluated = True
             report.eval_summary = self.last_eval_summary
             report.eval_details = self.last_eval_details
@@ -434,9 +434,12 @@ class TrainLoop:
             if report.checkpoint_dir is not None:
                 shutil.rmtree(report.checkpoint_dir, ignore_errors=True)
 
-    def evaluate(self, num_samples: int = 0) -> tuple[dict[str, float], list[EvalSample]]:
-        """COCO metrics of the current model on ``val_loader`` (rank 0; ``{}`` elsewhere)."""
+    def evaluate(self, num_samples: int = 0, final: bool = False) -> tuple[dict[str, float], list[EvalSample]]:
+        """COCO metrics of the current model on ``val_loader`` (rank 0; ``{}`` elsewhere). ``final``: the run's
+        last evaluation (an evaluator with a ``final`` attribute, e.g. the suite's error analysis, is told)."""
         evaluator = self.make_evaluator()
+        if hasattr(evaluator, "final"):
+            evaluator.final = final
         self.best_metric = getattr(evaluator, "primary_metric", BEST_METRIC)
         out = evaluate(self.model, self.val_loader, evaluator, self.device, amp=self.tcfg.amp,
                        num_samples=num_samples)

@@ -19,6 +19,7 @@ from typing import Any
 
 from codetr.evaluation.coco_evaluator import CocoEvaluator
 from codetr.evaluation.diagnostics import EncoderDiscriminability, MatchHistory, MatchingInstability
+from codetr.evaluation.diagnostics.errors import analyze_errors
 from codetr.evaluation.lvis_evaluator import build_evaluator
 from codetr.models.matcher import hungarian_match
 
@@ -31,8 +32,11 @@ class EvaluationSuite:
     """The query head's evaluator, one evaluator per auxiliary branch, and the diagnostics."""
 
     def __init__(self, make_evaluator: Callable[[], CocoEvaluator], branches: Sequence[str] = (),
-                 diagnostics: Sequence[Any] = ()) -> None:
+                 diagnostics: Sequence[Any] = (), error_analysis: bool = False) -> None:
         self.query = make_evaluator()
+        # the error analysis of the query head's detections (errors/*): set ``final`` for the last evaluation
+        self.error_analysis = error_analysis
+        self.final = False
         self.branch_evaluators = {name: make_evaluator() for name in branches}
         self.diagnostics = list(diagnostics)
         self.primary_metric = getattr(self.query, "primary_metric", "coco/AP")
@@ -86,6 +90,10 @@ class EvaluationSuite:
             metrics.update(diagnostic.summarize())
             if isinstance(diagnostic, EncoderDiscriminability) and diagnostic.curve is not None:
                 self.details["encoder_iof_iob"] = diagnostic.curve
+        if self.error_analysis and self.final and hasattr(self.query, "results") and self.query.image_ids:
+            analysis = analyze_errors(self.query.coco, self.query.results(), self.query.image_ids)
+            metrics.update(analysis.metrics())
+            self.details["errors"] = analysis
         return metrics
 
 
@@ -114,4 +122,4 @@ def build_suite(dataset, cfg, aux_keys: Sequence[str], history: MatchHistory | N
             matcher = functools.partial(hungarian_match, cls_weight=m.cls, bbox_weight=m.bbox, giou_weight=m.giou,
                                         alpha=loss.focal_alpha, gamma=loss.focal_gamma)
             diagnostics.append(MatchingInstability(ids, matcher, history))
-    return EvaluationSuite(make, branches, diagnostics)
+    return EvaluationSuite(make, branches, diagnostics, error_analysis=cfg.eval.error_analysis)

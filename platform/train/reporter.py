@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from codetr.engine import CHECKPOINT_FILE
-from platform.core.diagnostic_plots import plot_iof_iob
+from platform.core.diagnostic_plots import error_analysis_figures, plot_iof_iob
 from platform.core.visualize import close_figure, draw_detections, plot_loss_curves, save_png
 
 PROGRESS_PREFIX = "[train]"
@@ -112,6 +112,13 @@ class Reporter:
                 self.logger.log_figure(fig, f"diagnostics/encoder_iof_iob_iter{step:07d}.png")
             finally:
                 close_figure(fig)
+        analysis = (report.eval_details or {}).get("errors")
+        if analysis is not None:    # the final evaluation's error analysis (eval.error_analysis)
+            for name, fig in error_analysis_figures(analysis, coco, title=f"{self.run_name}  iteration {step}").items():
+                try:
+                    self.logger.log_figure(fig, f"errors/{name}")
+                finally:
+                    close_figure(fig)
         self.logger.log_metrics({"train/epochs_done": report.epoch}, step=step)
         if report.checkpoint_dir is not None and self.cfg.platform.log_checkpoints:
             file = report.checkpoint_dir / CHECKPOINT_FILE
