@@ -132,7 +132,31 @@ def test_run_logs_branch_aps_assignment_statistics_and_diagnostics(trained):
     assert 0.0 <= metrics["diag/encoder_iof_iob_auc"] <= 1.0
     assert [m.step for m in client.get_metric_history(run.info.run_id, "diag/encoder_iof_iob_auc")] == [4]
     assert "diag/instability" not in metrics      # one evaluation: nothing to compare with yet
-    assert "diagnostics/encoder_iof_iob_iter0000004.png" in _artifacts(client, run.info.run_id)
+    artifacts = _artifacts(client, run.info.run_id)
+    assert "diagnostics/encoder_iof_iob_iter0000004.png" in artifacts
+    # the final evaluation's error analysis
+    for kind in ("cls", "loc", "both", "dupl", "bkg", "missed"):
+        assert -1.0 <= metrics[f"errors/dAP_{kind}"] <= 1.0 and metrics[f"errors/count_{kind}"] >= 0
+    for name in ("error_breakdown.png", "pr_curves.png", "confusion_matrix.png", "ap_by_size_and_class.png"):
+        assert f"errors/{name}" in artifacts, name
+
+
+def test_analyze_cli_on_a_run_id(trained, tmp_path):
+    workdir, _ = trained
+    client, (run,) = _runs(workdir, "e2e")
+    out = tmp_path / "analysis"
+    proc = subprocess.run([sys.executable, "-m", "platform.analyze", run.info.run_id, "--out", str(out), "--log"],
+                          cwd=REPO, env=_env(workdir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "dAP50" in proc.stdout and "missed" in proc.stdout
+    summary = json.loads((out / "error_analysis.json").read_text())
+    assert summary["iteration"] == 4 and "errors/dAP_bkg" in summary["metrics"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["ap_by_size_and_class.png", "confusion_matrix.png",
+                                                         "error_breakdown.png", "pr_curves.png"]
+    assert "errors/error_analysis.json" in _artifacts(client, run.info.run_id)
+    proc = subprocess.run([sys.executable, "-m", "platform.analyze", "no-such-run"], cwd=REPO, env=_env(workdir),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "neither a checkpoint path nor an MLflow run id" in proc.stderr
 
 
 def test_same_run_name_resumes_from_the_latest_checkpoint(trained):
