@@ -88,6 +88,7 @@ class EncoderDiscriminability:
         self.image_ids = {int(i) for i in image_ids}
         self.max_side = max_side
         self._per_image: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._synchronized = False
         self.curve: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def update(self, outputs, targets: Sequence[dict]) -> None:
@@ -103,7 +104,11 @@ class EncoderDiscriminability:
             self._per_image[image_id] = iof_iob(d, foreground_mask(target["boxes"], out_size, scale))
 
     def synchronize(self) -> None:
+        """Gather every rank's images (a collective the first time; idempotent, as the evaluators')."""
+        if self._synchronized:
+            return
         self._per_image = merge_per_image(all_gather_objects(self._per_image))
+        self._synchronized = True
 
     def summarize(self) -> dict[str, float]:
         if not self._per_image:

@@ -57,6 +57,7 @@ class MatchingInstability:
         self.matcher = matcher
         self.history = history
         self._per_image: dict[int, np.ndarray] = {}
+        self._synchronized = False
 
     def update(self, outputs, targets: Sequence[dict]) -> None:
         for i, target in enumerate(targets):
@@ -72,7 +73,11 @@ class MatchingInstability:
             self._per_image[image_id] = query_assignment(logits.shape[1], pred_idx, gt_idx)
 
     def synchronize(self) -> None:
+        """Gather every rank's images (a collective the first time; idempotent, as the evaluators')."""
+        if self._synchronized:
+            return
         self._per_image = merge_per_image(all_gather_objects(self._per_image))
+        self._synchronized = True
 
     def summarize(self) -> dict[str, float]:
         common = [i for i in self._per_image if i in self.history.previous

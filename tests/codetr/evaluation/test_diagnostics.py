@@ -93,3 +93,59 @@ def test_changed_matches_counts_slots():
     assert changed_matches(np.array([0, -1, 1]), np.array([1, -1, 0])) == 2
     with pytest.raises(ValueError, match="3 and 2 queries"):
         changed_matches(np.array([0, -1, 1]), np.array([0, 1]))
+
+
+def _suite_worker(rank, world_size, init_file, queue):
+    import traceback
+
+    import torch.distributed as dist
+
+    from codetr.evaluation.suite import EvaluationSuite
+
+    class NoScores:     # the query evaluator's part is covered by test_distributed.py
+        primary_metric = "coco/AP"
+
+        def update(self, *_):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def summarize(self):
+            return {"coco/AP": 0.5} if dist.get_rank() == 0 else {}
+
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+        history = MatchHistory()
+        for round_ in range(2):
+            diags = [EncoderDiscriminability([1, 2]), MatchingInstability([1, 2], MATCHER, history)]
+            suite = EvaluationSuite(NoScores, diagnostics=diags)
+            maps = torch.zeros(1, 4, 5, 5)
+            maps[0, :, :2, :2] = 1.0
+            boxes = torch.tensor([[[0.25, 0.25, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5], [0.5, 0.5, 0.1, 0.1]]])
+            outputs = EvalOutputs({"query": []}, [maps], torch.zeros(1, 3, 2), boxes, [(40, 40)], (40, 40))
+            suite.update_outputs(outputs, [{**_target([[0.0, 0, 16, 16]]), "image_id": rank + 1}])
+            suite.synchronize()                       # every rank: the collectives
+            metrics = suite.summarize() if rank == 0 else {}   # rank 0 alone: no collective may remain
+        queue.put((rank, {**metrics, "matched_images": sorted(history.previous)}))
+        dist.destroy_process_group()
+    except Exception:
+        queue.put((rank, traceback.format_exc()))
+
+
+def test_suite_gathers_the_subset_over_ranks_and_rank_0_summarizes_alone(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_suite_worker, args=(r, 2, str(tmp_path / "init"), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    reports = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert isinstance(reports[0], dict), reports[0]
+    assert reports[0]["coco/AP"] == 0.5 and reports[0]["diag/instability"] == 0.0   # both images, unchanged
+    assert 0.9 < reports[0]["diag/encoder_iof_iob_auc"] <= 1.0
+    assert reports[0]["matched_images"] == [1, 2]          # each rank's image, gathered
+    assert reports[1] == {"matched_images": []}                # other ranks neither score nor keep matchings
