@@ -16,8 +16,8 @@ from platform.core.diagnostic_plots import error_analysis_figures, plot_iof_iob
 from platform.core.visualize import close_figure, draw_detections, plot_loss_curves, save_png
 
 PROGRESS_PREFIX = "[train]"
-# the evaluators' metrics (COCOeval; LVIS for data.format lvis), each auxiliary branch's, the diagnostics
-EVAL_PREFIXES = ("coco/", "lvis/", "branch/", "diag/")
+# the evaluators' metrics (COCOeval; LVIS for data.format lvis), each auxiliary branch's, the diagnostics, the error analysis
+EVAL_PREFIXES = ("coco/", "lvis/", "branch/", "diag/", "errors/")
 HEADLINE_METRICS = ("coco/AP", "coco/AP50", "coco/AP75", "lvis/AP", "lvis/APr", "lvis/APc", "lvis/APf")
 
 
@@ -62,10 +62,11 @@ def record_restart(logger, iteration: int, source: str) -> int:
 def train_report(epoch: int, iteration: int, finished: bool, metrics: dict[str, float],
                  placement_group_id: str | None = None) -> dict[str, Any]:
     """What ``ray.train.report`` gets after an epoch (Tune schedulers and Ray's result see it): the
-    position, the headline metrics (not the per-class APs) and the workers' placement group."""
+    position, the headline metrics (not the per-class APs; each branch's AP, the diagnostics) and the workers'
+    placement group."""
     out: dict[str, Any] = {"epoch": epoch, "iteration": iteration, "finished": finished}
     out.update({k: v for k, v in metrics.items()
-                if (k.startswith(EVAL_PREFIXES) and k.count("/") == 1) or k == "train/loss"})
+                if (k.startswith(EVAL_PREFIXES) and k.count("/") == 1) or is_branch_headline(k) or k == "train/loss"})
     if placement_group_id is not None:   # a sweep releases the group of a trial it stops (platform.sweep.resources)
         out["placement_group_id"] = placement_group_id
     return out
