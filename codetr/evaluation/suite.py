@@ -90,7 +90,8 @@ class EvaluationSuite:
             metrics.update(diagnostic.summarize())
             if isinstance(diagnostic, EncoderDiscriminability) and diagnostic.curve is not None:
                 self.details["encoder_iof_iob"] = diagnostic.curve
-        if self.error_analysis and self.final and hasattr(self.query, "results") and self.query.image_ids:
+        # COCO protocol only (LVIS's federated annotation would count unverified classes as mistakes)
+        if self.error_analysis and self.final and self.primary_metric == "coco/AP" and self.query.image_ids:
             analysis = analyze_errors(self.query.coco, self.query.results(), self.query.image_ids)
             metrics.update(analysis.metrics())
             self.details["errors"] = analysis
