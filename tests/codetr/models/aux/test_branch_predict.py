@@ -181,3 +181,22 @@ def test_predict_all_one_pass_query_and_every_branch():
     assert out.sizes == [(64, 80), (48, 64)] and out.padded_size[0] >= 64
     with pytest.raises(ValueError, match="retinanet"):
         model.predict_all(images, ["retinanet"])
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_the_error_analysis_runs_at_the_final_evaluation_only(final):
+    coco = _coco_gt(TARGETS, IMAGE_SIZES)
+    suite = EvaluationSuite(lambda: CocoEvaluator(coco, list(range(1, NUM_CLASSES + 1))), error_analysis=True)
+    suite.final = final
+    detections = [{"boxes": t["boxes"].clone(), "scores": torch.full((len(t["boxes"]),), 0.9),
+                   "labels": (t["labels"] + 1) % NUM_CLASSES} for t in TARGETS]      # every box, the wrong class
+    targets = [{**t, "image_id": i + 1, "size": s, "orig_size": s} for i, (t, s) in enumerate(zip(TARGETS, IMAGE_SIZES))]
+    suite.update_outputs(EvalOutputs({"query": detections}, [], torch.zeros(0), torch.zeros(0), IMAGE_SIZES,
+                                     PADDED_HW), targets)
+    metrics = suite.summarize()
+    assert metrics["coco/AP"] == 0.0
+    if final:
+        assert metrics["errors/count_cls"] == 4.0 and metrics["errors/dAP_cls"] == pytest.approx(1.0)
+        assert suite.details["errors"].counts["tp"] == 0
+    else:
+        assert not [k for k in metrics if k.startswith("errors/")] and "errors" not in suite.details
