@@ -120,7 +120,10 @@ class Reporter:
                     self.logger.log_figure(fig, f"errors/{name}")
                 finally:
                     close_figure(fig)
-        self.logger.log_metrics({"train/epochs_done": report.epoch}, step=step)
+        costs = {k: report.metrics[k] for k, now in (("time/eval_s", report.evaluated),
+                                                      ("time/checkpoint_s", report.checkpoint_dir is not None))
+                 if now and k in report.metrics}
+        self.logger.log_metrics({"train/epochs_done": report.epoch, **costs}, step=step)
         if report.checkpoint_dir is not None and self.cfg.platform.log_checkpoints:
             file = report.checkpoint_dir / CHECKPOINT_FILE
             if report.is_best:
