@@ -36,6 +36,19 @@ class QueryHeadOutput:
     dn: "DenoisingQueries | None" = None  # DINO: the denoising queries at the front of logits / boxes (train only)
 
 
+def memory_pyramid(memory: Tensor, spatial_shapes: list[tuple[int, int]], downsample: nn.Module | None) -> list[Tensor]:
+    """The encoder memory [bs, sum h*w, d] back into maps [bs, d, h, w], plus the stride-128 map of the
+    auxiliary heads' pyramid when ``downsample`` is given."""
+    bs, _, d = memory.shape
+    pyramid, start = [], 0
+    for h, w in spatial_shapes:
+        pyramid.append(memory[:, start:start + h * w].transpose(1, 2).reshape(bs, d, h, w))
+        start += h * w
+    if downsample is not None:
+        pyramid.append(downsample(pyramid[-1]))
+    return pyramid
+
+
 class MLP(nn.Module):
     def __init__(self, in_dims: int, hidden_dims: int, out_dims: int, num_layers: int) -> None:
         super().__init__()
@@ -199,11 +212,13 @@ class QueryHead(nn.Module):
             del self.pos_feats_trans, self.pos_feats_norm, self.head_pos_embed
             self.with_coord_feat = False
 
-    def forward(self, feats: list[Tensor], masks: list[Tensor]) -> QueryHeadOutput:
+    def forward(self, feats: list[Tensor], masks: list[Tensor], *, keep_pyramid: bool = False) -> QueryHeadOutput:
         """
         Args:
             feats: 4 neck maps [bs, embed_dims, H_l, W_l] (strides 8..64).
             masks: 4 masks [bs, H_l, W_l], True = padding.
+            keep_pyramid: in eval mode too, return the encoder memory as maps (``pyramid``: for the
+                auxiliary heads' own detections and the diagnostics).
         """
         bs = feats[0].shape[0]
         spatial_shapes = [(f.shape[2], f.shape[3]) for f in feats]
@@ -231,17 +246,12 @@ class QueryHead(nn.Module):
         logits, boxes = self.decoder(query, query_pos, topk_boxes_unact.sigmoid(), ctx,
                                      self.cls_branches, self.reg_branches)
         if not self.training:
-            return QueryHeadOutput(logits, boxes, None, None, None, None)
+            pyramid = memory_pyramid(memory, spatial_shapes, self.downsample) if keep_pyramid else None
+            return QueryHeadOutput(logits, boxes, None, None, pyramid, None)
         if self.downsample is None:  # no auxiliary heads
             return QueryHeadOutput(logits, boxes, enc_logits, enc_boxes_unact.sigmoid(), None, ctx)
         # the encoder memory back into maps, plus one stride-128 map: the auxiliary heads' pyramid
-        pyramid = []
-        start = 0
-        for h, w in spatial_shapes:
-            # [bs, h*w, d] -> [bs, d, h, w]
-            pyramid.append(memory[:, start:start + h * w].transpose(1, 2).reshape(bs, self.embed_dims, h, w))
-            start += h * w
-        pyramid.append(self.downsample(pyramid[-1]))
+        pyramid = memory_pyramid(memory, spatial_shapes, self.downsample)
         return QueryHeadOutput(logits, boxes, enc_logits, enc_boxes_unact.sigmoid(), pyramid, ctx)
 
     def positive_branch_parameters(self, head_idx: int) -> list[nn.Parameter]:

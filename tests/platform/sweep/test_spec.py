@@ -111,6 +111,17 @@ def test_summary_table_is_sorted_as_given_and_formats_values():
     assert to_markdown(header, body).count("\n") == 4
 
 
+def test_summary_table_shows_each_branch_ap_and_the_diagnostics():
+    rows = [TrialRow("K=2", "r2", "FINISHED", "finished", {"model.aux_heads": ["atss", "faster_rcnn"]}, 0.25, 0.3, 4, 32,
+                     {"branch/atss/coco/AP": 0.2, "branch/faster_rcnn/coco/AP": 0.1, "diag/encoder_iof_iob_auc": 0.7},
+                     []),
+            TrialRow("K=0", "r0", "FINISHED", "finished", {"model.aux_heads": []}, 0.2, 0.2, 4, 32,
+                     {"diag/encoder_iof_iob_auc": 0.6}, [])]
+    header, body = table(rows, ["model.aux_heads"], "coco/AP")
+    assert header[-3:] == ["branch/atss/coco/AP", "branch/faster_rcnn/coco/AP", "diag/encoder_iof_iob_auc"]
+    assert body[0][-3:] == ["0.2000", "0.1000", "0.7000"] and body[1][-3:] == ["", "", "0.6000"]
+
+
 def test_grid_runs_combinations_that_differ_only_in_unused_keys_once(tmp_path):
     space = {"model.aux_heads": {"grid": [[], ["atss"], ["faster_rcnn"]]}, "model.lambda2": {"grid": [1.0, 2.0]},
              "model.aux.atss.topk": {"grid": [5, 9]}, "model.num_queries": {"grid": [10, 20]}}
