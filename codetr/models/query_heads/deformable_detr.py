@@ -20,6 +20,7 @@ from codetr.models.position_encoding import SinePositionalEncoding, box_position
 from codetr.models.deformable_attention import MultiScaleDeformableAttention
 from codetr.models.precision import upcast
 from codetr.models.transformer import DeformableDecoder, DeformableEncoder, MemoryContext
+from codetr.ops.ms_deform_attn_dispatch import building_a_graph
 
 if TYPE_CHECKING:
     from codetr.models.query_heads.denoising import DenoisingQueries
@@ -71,6 +72,10 @@ def select_valid_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
     it is, so that ties break exactly as in the official code; only otherwise are the invalid
     positions masked and the top-k taken again.
     """
+    if building_a_graph():
+        # a trace keeps only the branch its example input took: the masked top-k picks the same positions
+        # in both cases (when the plain top-k picks only valid positions, the masked one picks them too)
+        return scores.masked_fill(invalid, float("-inf")).topk(k, dim=1).indices
     topk = scores.topk(k, dim=1).indices
     if bool(invalid.gather(1, topk).any()):
         topk = scores.masked_fill(invalid, float("-inf")).topk(k, dim=1).indices
@@ -100,15 +105,15 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: list
         mask_l = padding_mask[:, start:start + h * w].view(bs, h, w)
         valid_h = (~mask_l[:, :, 0]).sum(1)
         valid_w = (~mask_l[:, 0, :]).sum(1)
-        grid_y, grid_x = torch.meshgrid(
-            torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-            torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device), indexing="ij")
+        # arange (= linspace(0, h - 1, h)): its length follows a traced size in an ONNX export
+        grid_y, grid_x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=memory.device),
+                                        torch.arange(w, dtype=torch.float32, device=memory.device), indexing="ij")
         grid = torch.stack([grid_x, grid_y], -1)  # [h, w, 2]
         scale = torch.stack([valid_w, valid_h], -1).view(bs, 1, 1, 2).float()
         grid = (grid[None] + 0.5) / scale  # [bs, h, w, 2]
         wh = torch.full_like(grid, 0.05 * (2.0 ** level))
         proposals.append(torch.cat([grid, wh], -1).view(bs, -1, 4))
-        start += h * w
+        start = start + h * w
     proposals = torch.cat(proposals, 1)
     valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
     proposals_unact = torch.log(proposals / (1 - proposals))
