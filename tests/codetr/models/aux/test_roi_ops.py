@@ -2,6 +2,8 @@
 import torch
 from torchvision.ops import batched_nms, roi_align
 
+from torchvision.ops import nms
+
 from codetr.models.aux.roi_align_matmul import roi_align_matmul
 from codetr.models.aux.rpn import level_nms_top_n
 
@@ -56,3 +58,37 @@ def test_level_nms_top_n_equals_batched_nms_then_top_n():
         ref = boxes[batched_nms(boxes, scores, levels, 0.7)[:top_n]]
         assert torch.equal(level_nms_top_n(boxes, scores, levels, 0.7, top_n), ref)
     assert level_nms_top_n(boxes[:0], scores[:0], levels[:0], 0.7, 10).shape == (0, 4)
+
+
+def _single_call_level_nms_top_n(boxes_xyxy, scores, levels, iou_thresh, top_n):
+    """The former implementation: one NMS call over all levels (offset trick) on a growing prefix."""
+    order = scores.argsort(descending=True)
+    offsets = levels.to(boxes_xyxy.dtype)[:, None] * (boxes_xyxy.max() + 1 if boxes_xyxy.numel() else 1.0)
+    shifted = boxes_xyxy + offsets
+    prefix = min(order.numel(), 2 * top_n)
+    while True:
+        cand = order[:prefix]
+        kept = cand[nms(shifted[cand], scores[cand], iou_thresh)]
+        if kept.numel() >= top_n or prefix == order.numel():
+            return boxes_xyxy[kept[:top_n]]
+        prefix = min(order.numel(), 4 * prefix)
+
+
+def test_level_nms_top_n_equals_the_single_call_form_with_ties_float32_and_float64():
+    """Per-level NMS returns the very boxes, in the very order, of one NMS call over the offset levels,
+    tied scores included (RPN scores tie where the features are equal, e.g. in the padding)."""
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        for trial in range(6):
+            n = 400 + 300 * trial
+            centres = torch.rand(25, 2, generator=g, dtype=dtype) * 180
+            xy = centres[torch.randint(0, 25, (n,), generator=g)] + torch.randn(n, 2, generator=g, dtype=dtype) * 4
+            boxes = torch.cat([xy, xy + 10 + torch.rand(n, 2, generator=g, dtype=dtype) * 30], 1).clamp(min=0)
+            # few distinct values: many ties, inside a level and across levels
+            scores = (torch.randint(0, 12 if trial % 2 else 1000, (n,), generator=g) / 12).to(dtype)
+            # unequal levels, one of them absent
+            levels = torch.multinomial(torch.tensor([0.5, 0.3, 0.0, 0.15, 0.05]), n, replacement=True, generator=g)
+            for top_n in (1, 30, 200, 1000):
+                ref = _single_call_level_nms_top_n(boxes, scores, levels, 0.7, top_n)
+                got = level_nms_top_n(boxes, scores, levels, 0.7, top_n)
+                assert torch.equal(got, ref), (dtype, trial, top_n)
