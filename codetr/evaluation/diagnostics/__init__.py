@@ -5,8 +5,8 @@
 * :mod:`.errors`: the COCO error breakdown (classification, localisation, duplicates, background, missed).
 """
 from codetr.evaluation.diagnostics.encoder import (EncoderDiscriminability, curve_area, discriminability_map,
-                                                   foreground_mask, iof_iob)
+                                                   foreground_mask, iof_iob, rank_area)
 from codetr.evaluation.diagnostics.instability import MatchHistory, MatchingInstability, changed_matches
 
 __all__ = ["EncoderDiscriminability", "MatchHistory", "MatchingInstability", "changed_matches", "curve_area",
-           "discriminability_map", "foreground_mask", "iof_iob"]
+           "discriminability_map", "foreground_mask", "iof_iob", "rank_area"]

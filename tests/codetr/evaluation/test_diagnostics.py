@@ -7,7 +7,7 @@ import torch
 
 from codetr.evaluation.diagnostics import (EncoderDiscriminability, MatchHistory, MatchingInstability,
                                            changed_matches, curve_area, discriminability_map, foreground_mask,
-                                           iof_iob)
+                                           iof_iob, rank_area)
 from codetr.models.detector import EvalOutputs
 from codetr.models.matcher import hungarian_match
 
@@ -19,14 +19,26 @@ def test_score_map_equal_to_the_foreground_gives_iof_one_and_iob_zero():
     below = np.linspace(0, 1, 101) < 1.0
     assert (iof[below] == 1.0).all() and (iob[below] == 0.0).all()
     assert curve_area(iof, iob) == pytest.approx(1.0)
+    assert rank_area(fg.float(), fg) == pytest.approx(1.0)
+
+
+def test_the_exact_area_resolves_maps_crowded_near_one():
+    """A post-LayerNorm encoder's norms differ by a few per cent: the 101-step grid sees a flat map, the exact
+    area sees a perfect ranking."""
+    fg = foreground_mask(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), (16, 16))
+    d = 0.999 + 0.001 * fg.float()
+    iof, iob = iof_iob(d, fg)
+    assert curve_area(iof, iob) == pytest.approx(0.5)
+    assert rank_area(d, fg) == pytest.approx(1.0)
+    assert np.isnan(rank_area(d, torch.zeros(16, 16, dtype=torch.bool)))
 
 
 def test_inverted_and_flat_maps():
     fg = foreground_mask(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), (16, 16))
     iof, iob = iof_iob((~fg).float(), fg)
-    assert curve_area(iof, iob) == pytest.approx(0.0)
+    assert curve_area(iof, iob) == pytest.approx(0.0) and rank_area((~fg).float(), fg) == pytest.approx(0.0)
     iof, iob = iof_iob(torch.full((16, 16), 0.7), fg)
-    assert curve_area(iof, iob) == pytest.approx(0.5)
+    assert curve_area(iof, iob) == pytest.approx(0.5) and rank_area(torch.full((16, 16), 0.7), fg) == 0.5
 
 
 def test_discriminability_map_normalises_each_level_and_ignores_padding():
