@@ -94,6 +94,23 @@ def rank_area(score_map: Tensor, fg: Tensor) -> float:
     return float((ranks[f].sum() - n_fg * (n_fg + 1) / 2) / (n_fg * n_bg))
 
 
+def attention_maps(locations: Tensor, weights: Tensor, query_weights: Tensor,
+                   shapes: Sequence[tuple[int, int]]) -> list[Tensor]:
+    """The decoder's attention as maps: one image's sampling ``locations`` [Q, heads, levels, points, 2] (x, y
+    in [0, 1] of each level's padded map) and ``weights`` [Q, heads, levels, points], each query's weights
+    scaled by ``query_weights`` [Q] and splatted (summed) into the cell of each sampling point; per level
+    [1, H_l, W_l] (``shapes``: the levels' (H_l, W_l))."""
+    maps = []
+    for level, (h, w) in enumerate(shapes):
+        loc = locations[:, :, level].reshape(-1, 2).float()
+        wt = (weights[:, :, level].float() * query_weights.float()[:, None, None]).reshape(-1)
+        x = (loc[:, 0] * w).floor().long().clamp(0, w - 1)
+        y = (loc[:, 1] * h).floor().long().clamp(0, h - 1)
+        grid = torch.zeros(h * w, dtype=torch.float32, device=wt.device).index_add_(0, y * w + x, wt)
+        maps.append(grid.view(1, h, w))
+    return maps
+
+
 class EncoderDiscriminability:
     """Accumulates the IoF / IoB curves of the subset's images over an evaluation (one per rank, gathered).
 
@@ -101,6 +118,8 @@ class EncoderDiscriminability:
     ``summarize()`` (rank 0 after ``synchronize()``) gives ``{"diag/encoder_iof_iob_auc": area}`` (the mean
     exact area) and :attr:`curve` = (quantile levels, IoF, IoB) averaged over the images.
     """
+
+    metric = "diag/encoder_iof_iob_auc"
 
     def __init__(self, image_ids: Sequence[int], max_side: int = 256) -> None:
         self.image_ids = {int(i) for i in image_ids}
@@ -118,7 +137,10 @@ class EncoderDiscriminability:
             h, w = outputs.sizes[i]
             scale = min(1.0, self.max_side / max(h, w))
             out_size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            d = discriminability_map([m[i] for m in outputs.encoder_maps], (h, w), padded, out_size)
+            maps = self.score_maps(outputs, i)
+            if maps is None:
+                continue
+            d = discriminability_map(maps, (h, w), padded, out_size)
             fg = foreground_mask(target["boxes"], out_size, scale)
             thresholds = np.quantile(d.flatten().double().cpu().numpy(), THRESHOLDS)   # level q -> S
             self._per_image[image_id] = (*iof_iob(d, fg, thresholds), rank_area(d, fg))
@@ -137,4 +159,27 @@ class EncoderDiscriminability:
         iob = np.nanmean(np.stack([v[1] for v in self._per_image.values()]), axis=0)
         self.curve = (THRESHOLDS, iof, iob)
         areas = [v[2] for v in self._per_image.values() if not np.isnan(v[2])]
-        return {"diag/encoder_iof_iob_auc": float(np.mean(areas))} if areas else {}
+        return {self.metric: float(np.mean(areas))} if areas else {}
+
+    def score_maps(self, outputs, i: int) -> list[Tensor] | None:
+        """Image ``i``'s per-level maps [C, H_l, W_l] whose channel norm makes D: the encoder's features."""
+        return [m[i] for m in outputs.encoder_maps]
+
+
+class DecoderDiscriminability(EncoderDiscriminability):
+    """The same curve and area for the decoder's attention (the paper's Fig. 2 right), ``diag/decoder_iof_iob_auc``.
+
+    The paper does not say how its attention map is made; here: the last decoder layer's cross-attention
+    weights of every query, scaled by the query's best class probability, summed into the cells of their
+    sampling points on each level (:func:`attention_maps`), then normalised, resized and averaged over the
+    levels as the encoder's maps are.
+    """
+
+    metric = "diag/decoder_iof_iob_auc"
+
+    def score_maps(self, outputs, i: int) -> list[Tensor] | None:
+        if getattr(outputs, "decoder_sampling", None) is None:
+            return None
+        locations, weights = outputs.decoder_sampling
+        shapes = [tuple(m.shape[-2:]) for m in outputs.encoder_maps]
+        return attention_maps(locations[i], weights[i], outputs.logits[i].float().sigmoid().max(-1).values, shapes)

@@ -161,3 +161,20 @@ def test_suite_gathers_the_subset_over_ranks_and_rank_0_summarizes_alone(tmp_pat
     assert 0.9 < reports[0]["diag/encoder_iof_iob_auc"] <= 1.0
     assert reports[0]["matched_images"] == [1, 2]          # each rank's image, gathered
     assert reports[1] == {"matched_images": []}                # other ranks neither score nor keep matchings
+
+
+def test_attention_maps_splat_weights_at_the_sampling_points():
+    from codetr.evaluation.diagnostics import DecoderDiscriminability, attention_maps
+
+    locations = torch.tensor([0.35, 0.65]).view(1, 1, 1, 1, 2).repeat(2, 1, 1, 1, 1)     # 2 queries, same point
+    weights = torch.ones(2, 1, 1, 1)
+    (grid,) = attention_maps(locations, weights, torch.tensor([0.5, 0.25]), [(10, 10)])
+    assert grid.shape == (1, 10, 10) and grid[0, 6, 3] == pytest.approx(0.75) and grid.sum() == pytest.approx(0.75)
+    # every query looks inside the box: the decoder's map separates it perfectly
+    inside = torch.rand(4, 2, 1, 3, 2) * 0.4                                     # x, y in [0, 0.4) of a 40 px image
+    outputs = EvalOutputs({"query": []}, [torch.zeros(1, 4, 10, 10)], torch.zeros(1, 4, 2), torch.zeros(1, 4, 4),
+                          [(40, 40)], (40, 40), (inside[None], torch.ones(1, 4, 2, 1, 3)))
+    diag = DecoderDiscriminability([1])
+    diag.update(outputs, [{"image_id": 1, "boxes": torch.tensor([[0.0, 0, 16, 16]]), "labels": torch.tensor([0])}])
+    diag.synchronize()
+    assert diag.summarize()["diag/decoder_iof_iob_auc"] > 0.95
