@@ -4,7 +4,7 @@ metrics and the diagnostics (``eval.*`` of the config).
     suite = build_suite(val_set, cfg, aux_keys, history)    # history: MatchHistory kept across evaluations
     for images, targets in loader:                           # codetr.engine.evaluate does this
         suite.update_outputs(model.predict_all(images, suite.branches), targets)
-    metrics = suite.summarize()     # coco/* (query head), branch/<head>/coco/*, diag/*
+    metrics = suite.summarize()     # coco/* (query head), branch/<head>/coco/*, diag/*, errors/* (final)
 
 Branch metrics are the evaluator's headline statistics (``coco/AP`` ... ``coco/ARl``, or ``lvis/*``)
 under ``branch/<head key>/``; per-class APs are kept for the query head only. The suite has the
@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from codetr.evaluation.coco_evaluator import CocoEvaluator
-from codetr.evaluation.diagnostics import EncoderDiscriminability, MatchHistory, MatchingInstability
+from codetr.evaluation.diagnostics import (DecoderDiscriminability, EncoderDiscriminability, MatchHistory,
+                                           MatchingInstability)
 from codetr.evaluation.diagnostics.errors import analyze_errors
 from codetr.evaluation.lvis_evaluator import build_evaluator
 from codetr.models.matcher import hungarian_match
@@ -89,7 +90,8 @@ class EvaluationSuite:
         for diagnostic in self.diagnostics:
             metrics.update(diagnostic.summarize())
             if isinstance(diagnostic, EncoderDiscriminability) and diagnostic.curve is not None:
-                self.details["encoder_iof_iob"] = diagnostic.curve
+                source = "decoder" if isinstance(diagnostic, DecoderDiscriminability) else "encoder"
+                self.details[f"{source}_iof_iob"] = diagnostic.curve
         # COCO protocol only (LVIS's federated annotation would count unverified classes as mistakes)
         if self.error_analysis and self.final and self.primary_metric == "coco/AP" and self.query.image_ids:
             analysis = analyze_errors(self.query.coco, self.query.results(), self.query.image_ids)
@@ -117,7 +119,7 @@ def build_suite(dataset, cfg, aux_keys: Sequence[str], history: MatchHistory | N
     diagnostics: list[Any] = []
     if cfg.eval.diagnostics:
         ids = subset_image_ids(dataset, cfg.eval.diag_images)
-        diagnostics.append(EncoderDiscriminability(ids))
+        diagnostics += [EncoderDiscriminability(ids), DecoderDiscriminability(ids)]
         if history is not None:
             m, loss = cfg.model.match, cfg.model.loss
             matcher = functools.partial(hungarian_match, cls_weight=m.cls, bbox_weight=m.bbox, giou_weight=m.giou,

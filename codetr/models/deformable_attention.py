@@ -60,6 +60,10 @@ class MultiScaleDeformableAttention(nn.Module):
             nn.init.xavier_uniform_(proj.weight)
             nn.init.zeros_(proj.bias)
 
+    # set by the caller to keep the last call's (locations, weights), detached (the decoder attention diagnostic)
+    keep_sampling: bool = False
+    last_sampling: tuple[Tensor, Tensor] | None = None
+
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
                 spatial_shapes: list[tuple[int, int]], value_padding_mask: Tensor | None,
                 bias_after_product: bool = False) -> Tensor:
@@ -102,6 +106,8 @@ class MultiScaleDeformableAttention(nn.Module):
                 offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5
         else:
             raise ValueError(f"reference_points must end in 2 or 4, got {tuple(reference_points.shape)}")
+        if self.keep_sampling:
+            self.last_sampling = (locations.detach(), weights.detach())
         with float32_region(value):
             # grid_sample in half precision would round the sampled values: the PyTorch path samples an
             # upcast copy; the Triton kernels read half-precision values and accumulate in float32

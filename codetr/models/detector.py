@@ -38,6 +38,9 @@ class EvalOutputs:
     boxes_cxcywh_norm: Tensor             # its boxes [B, Q, 4], normalised to each image's (h, w)
     sizes: list[tuple[int, int]]          # each image's (h, w) in the batch (the padded batch starts top-left)
     padded_size: tuple[int, int]          # the padded batch's (H, W)
+    # the last decoder layer's cross-attention: sampling locations [B, Q, heads, levels, points, 2] (x, y in
+    # [0, 1] of each level's padded map) and weights [B, Q, heads, levels, points]
+    decoder_sampling: tuple[Tensor, Tensor] | None = None
 
 
 def aux_head_keys(names: list[str]) -> list[str]:
@@ -181,13 +184,18 @@ class CoDETR(nn.Module):
             raise ValueError(f"unknown branch(es) {unknown}: this model's auxiliary heads are {self.aux_keys}")
         batch, mask, sizes = self.preprocess(images)
         feats, masks = self.neck(self.backbone(batch), mask)
-        out = self.query_head(feats, masks, keep_pyramid=True)
+        last_cross = self.query_head.decoder.layers[-1].cross_attn
+        last_cross.keep_sampling, last_cross.last_sampling = True, None
+        try:
+            out = self.query_head(feats, masks, keep_pyramid=True)
+        finally:
+            sampling, last_cross.keep_sampling, last_cross.last_sampling = last_cross.last_sampling, False, None
         detections = {"query": self.postprocess(out.logits[-1], out.boxes_cxcywh_norm[-1], sizes)}
         for key in branches:
             head = self.aux_heads[self.aux_keys.index(key)]
             detections[key] = head.predict(out.pyramid, sizes)
         return EvalOutputs(detections, out.pyramid[:self.cfg.num_levels], out.logits[-1], out.boxes_cxcywh_norm[-1],
-                           sizes, (int(batch.shape[-2]), int(batch.shape[-1])))
+                           sizes, (int(batch.shape[-2]), int(batch.shape[-1])), sampling)
 
     def _normalised_targets(self, targets: list[dict], sizes: list[tuple[int, int]], device: torch.device
                             ) -> tuple[list[Tensor], list[Tensor]]:

@@ -10,12 +10,13 @@ from platform.core.visualize import pyplot
 
 
 def plot_iof_iob(curve: tuple[Sequence[float], Sequence[float], Sequence[float]], area: float | None = None,
-                 title: str = ""):
-    """Matplotlib figure: IoF against IoB as the threshold S sweeps [0, 1] (left), and both against S (right)."""
+                 title: str = "", label: str = "encoder"):
+    """Matplotlib figure: IoF against IoB as the threshold S sweeps the score map's values (left), and both
+    against the threshold's quantile level in each image's map (right)."""
     thresholds, iof, iob = (np.asarray(x, dtype=float) for x in curve)
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
-    left.plot(iob, iof, marker=".", markersize=3, label="encoder" + (f" (area {area:.3f})" if area is not None else ""))
+    left.plot(iob, iof, marker=".", markersize=3, label=label + (f" (exact area {area:.3f})" if area is not None else ""))
     left.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="no discrimination")
     left.set_xlabel("IoB(S): background pixels with D > S")
     left.set_ylabel("IoF(S): foreground pixels with D > S")
@@ -25,7 +26,7 @@ def plot_iof_iob(curve: tuple[Sequence[float], Sequence[float], Sequence[float]]
     left.legend(fontsize=8)
     right.plot(thresholds, iof, label="IoF")
     right.plot(thresholds, iob, label="IoB")
-    right.set_xlabel("threshold S")
+    right.set_xlabel("threshold S: this quantile of D")
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
     if title:

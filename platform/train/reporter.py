@@ -117,11 +117,14 @@ class Reporter:
             self.logger.log_metrics(coco, step=step)
         if report.eval_summary:
             self.logger.log_text(report.eval_summary, f"eval/coco_summary_iter{step:07d}.txt")
-        curve = (report.eval_details or {}).get("encoder_iof_iob")
-        if curve is not None:
-            fig = plot_iof_iob(curve, coco.get("diag/encoder_iof_iob_auc"), title=f"{self.run_name}  iteration {step}")
+        for source in ("encoder", "decoder"):
+            curve = (report.eval_details or {}).get(f"{source}_iof_iob")
+            if curve is None:
+                continue
+            fig = plot_iof_iob(curve, coco.get(f"diag/{source}_iof_iob_auc"), title=f"{self.run_name}  iteration {step}",
+                               label=source)
             try:
-                self.logger.log_figure(fig, f"diagnostics/encoder_iof_iob_iter{step:07d}.png")
+                self.logger.log_figure(fig, f"diagnostics/{source}_iof_iob_iter{step:07d}.png")
             finally:
                 close_figure(fig)
         analysis = (report.eval_details or {}).get("errors")

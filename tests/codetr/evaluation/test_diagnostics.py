@@ -7,7 +7,7 @@ import torch
 
 from codetr.evaluation.diagnostics import (EncoderDiscriminability, MatchHistory, MatchingInstability,
                                            changed_matches, curve_area, discriminability_map, foreground_mask,
-                                           iof_iob)
+                                           iof_iob, rank_area)
 from codetr.models.detector import EvalOutputs
 from codetr.models.matcher import hungarian_match
 
@@ -19,14 +19,26 @@ def test_score_map_equal_to_the_foreground_gives_iof_one_and_iob_zero():
     below = np.linspace(0, 1, 101) < 1.0
     assert (iof[below] == 1.0).all() and (iob[below] == 0.0).all()
     assert curve_area(iof, iob) == pytest.approx(1.0)
+    assert rank_area(fg.float(), fg) == pytest.approx(1.0)
+
+
+def test_the_exact_area_resolves_maps_crowded_near_one():
+    """A post-LayerNorm encoder's norms differ by a few per cent: the 101-step grid sees a flat map, the exact
+    area sees a perfect ranking."""
+    fg = foreground_mask(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), (16, 16))
+    d = 0.999 + 0.001 * fg.float()
+    iof, iob = iof_iob(d, fg)
+    assert curve_area(iof, iob) == pytest.approx(0.5)
+    assert rank_area(d, fg) == pytest.approx(1.0)
+    assert np.isnan(rank_area(d, torch.zeros(16, 16, dtype=torch.bool)))
 
 
 def test_inverted_and_flat_maps():
     fg = foreground_mask(torch.tensor([[0.0, 0.0, 8.0, 8.0]]), (16, 16))
     iof, iob = iof_iob((~fg).float(), fg)
-    assert curve_area(iof, iob) == pytest.approx(0.0)
+    assert curve_area(iof, iob) == pytest.approx(0.0) and rank_area((~fg).float(), fg) == pytest.approx(0.0)
     iof, iob = iof_iob(torch.full((16, 16), 0.7), fg)
-    assert curve_area(iof, iob) == pytest.approx(0.5)
+    assert curve_area(iof, iob) == pytest.approx(0.5) and rank_area(torch.full((16, 16), 0.7), fg) == 0.5
 
 
 def test_discriminability_map_normalises_each_level_and_ignores_padding():
@@ -149,3 +161,20 @@ def test_suite_gathers_the_subset_over_ranks_and_rank_0_summarizes_alone(tmp_pat
     assert 0.9 < reports[0]["diag/encoder_iof_iob_auc"] <= 1.0
     assert reports[0]["matched_images"] == [1, 2]          # each rank's image, gathered
     assert reports[1] == {"matched_images": []}                # other ranks neither score nor keep matchings
+
+
+def test_attention_maps_splat_weights_at_the_sampling_points():
+    from codetr.evaluation.diagnostics import DecoderDiscriminability, attention_maps
+
+    locations = torch.tensor([0.35, 0.65]).view(1, 1, 1, 1, 2).repeat(2, 1, 1, 1, 1)     # 2 queries, same point
+    weights = torch.ones(2, 1, 1, 1)
+    (grid,) = attention_maps(locations, weights, torch.tensor([0.5, 0.25]), [(10, 10)])
+    assert grid.shape == (1, 10, 10) and grid[0, 6, 3] == pytest.approx(0.75) and grid.sum() == pytest.approx(0.75)
+    # every query looks inside the box: the decoder's map separates it perfectly
+    inside = torch.rand(4, 2, 1, 3, 2) * 0.4                                     # x, y in [0, 0.4) of a 40 px image
+    outputs = EvalOutputs({"query": []}, [torch.zeros(1, 4, 10, 10)], torch.zeros(1, 4, 2), torch.zeros(1, 4, 4),
+                          [(40, 40)], (40, 40), (inside[None], torch.ones(1, 4, 2, 1, 3)))
+    diag = DecoderDiscriminability([1])
+    diag.update(outputs, [{"image_id": 1, "boxes": torch.tensor([[0.0, 0, 16, 16]]), "labels": torch.tensor([0])}])
+    diag.synchronize()
+    assert diag.summarize()["diag/decoder_iof_iob_auc"] > 0.95

@@ -131,11 +131,12 @@ def test_run_logs_branch_aps_assignment_statistics_and_diagnostics(trained):
         assert f"{head}/coco/AP" in proc.stdout    # the eval line prints each branch's AP
     assert not [k for k in metrics if k.startswith("branch/") and k.count("/") > 3]   # no per-class APs per branch
     assert metrics["assign/query/matched_per_image"] > 0
-    assert 0.0 <= metrics["diag/encoder_iof_iob_auc"] <= 1.0
+    assert 0.0 <= metrics["diag/encoder_iof_iob_auc"] <= 1.0 and 0.0 <= metrics["diag/decoder_iof_iob_auc"] <= 1.0
     assert [m.step for m in client.get_metric_history(run.info.run_id, "diag/encoder_iof_iob_auc")] == [4]
     assert "diag/instability" not in metrics      # one evaluation: nothing to compare with yet
     artifacts = _artifacts(client, run.info.run_id)
     assert "diagnostics/encoder_iof_iob_iter0000004.png" in artifacts
+    assert "diagnostics/decoder_iof_iob_iter0000004.png" in artifacts
     # the final evaluation's error analysis
     for kind in ("cls", "loc", "both", "dupl", "bkg", "missed"):
         assert -1.0 <= metrics[f"errors/dAP_{kind}"] <= 1.0 and metrics[f"errors/count_{kind}"] >= 0

@@ -179,6 +179,9 @@ def test_predict_all_one_pass_query_and_every_branch():
         torch.testing.assert_close(a["boxes"], b["boxes"])
     assert len(out.encoder_maps) == cfg.model.num_levels and out.logits.shape == (2, 10, 3)
     assert out.sizes == [(64, 80), (48, 64)] and out.padded_size[0] >= 64
+    locations, weights = out.decoder_sampling      # the last decoder layer's cross-attention, kept for this pass only
+    assert locations.shape[:2] == (2, 10) and locations.shape[-1] == 2 and weights.shape == locations.shape[:-1]
+    assert model.query_head.decoder.layers[-1].cross_attn.last_sampling is None
     with pytest.raises(ValueError, match="retinanet"):
         model.predict_all(images, ["retinanet"])
 
