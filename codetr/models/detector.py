@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
