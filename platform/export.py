@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[export] supports: batch dynamic (checked 1 and 2); height x width fixed at {height}x{width} "
           f"({height + 32}x{width + 32} -> {'runs (unexpected)' if other == 'ran' else 'refused: ' + other})")
     print("[export] input 'images' float32 [batch, 3, H, W] RGB in [0, 1]; outputs 'boxes' [batch, K, 4] xyxy "
-          "pixels, 'scores' [batch, K], 'labels' [batch, K] int64; class names in the metadata 'label_names'")
+          "pixels, 'scores' [batch, K], 'labels' [batch, K] int64 (and for checks 'query_logits', 'query_boxes', "
+          "'proposal_scores', 'proposal_index'); class names in the metadata 'label_names'")
     if not ok:
         print("[export] the ONNX model does not match PyTorch: not fit for use", file=sys.stderr)
         return EXIT_FAILED
