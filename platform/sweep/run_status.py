@@ -3,7 +3,8 @@
 The trial function marks its child run FINISHED when its training completes; Tune kills the trial
 function of a trial that ASHA stops or that fails, so this callback ends those: KILLED with
 ``sweep.end = stopped_early`` for an ASHA stop, FAILED for an error (with the traceback as an artifact),
-KILLED with ``sweep.end = interrupted`` for trials still running when the sweep itself is interrupted
+KILLED with ``sweep.end = interrupted`` for trials still running when the sweep itself is interrupted;
+``sweep.checkpoint`` names the latest checkpoint Tune holds for the trial (the one a resume starts from)
 (:mod:`platform.tracking.sweep_runs` holds the tags and the run lifecycle).
 """
 from __future__ import annotations
@@ -39,6 +40,12 @@ class ChildRunStatusCallback(Callback):
             end_child(client, run_id, "FINISHED", "max_epochs", f"stopped at scheduler.max_epochs={self.max_epochs}")
         else:
             end_child(client, run_id, "KILLED", "stopped_early", f"stopped by the scheduler after epoch {epoch}")
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        # the checkpoint Tune now holds for the trial (a resumed sweep restarts the trial from it)
+        client, run_id = self._child(trial)
+        if run_id is not None:
+            client.set_tag(run_id, "sweep.checkpoint", str(getattr(checkpoint, "path", checkpoint)))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         client, run_id = self._child(trial)
