@@ -63,3 +63,21 @@ class CheckpointError(CodetrError, ValueError):
     def __init__(self, path: str, reason: str):
         super().__init__(f"checkpoint {path}: {reason}")
         self.path, self.reason = str(path), reason
+
+
+class CheckpointWriteError(CodetrError, OSError):
+    """A checkpoint could not be written (no space left, a read-only or vanished folder, ...); ``path``
+    names where it was going and ``cause`` says why. The previous checkpoint is untouched (writes are
+    atomic), so a resume continues from it."""
+
+    def __init__(self, path: str, cause: str):
+        super().__init__(f"checkpoint {path} could not be written: {cause}; the previous checkpoint is intact "
+                         "and a resume continues from it")
+        self.path, self.cause = str(path), cause
+
+
+def describe_os_error(error: BaseException) -> str:
+    """``No space left on device (errno 28)``: an OSError's reason without the file name it may carry."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} (errno {error.errno})"
+    return f"{type(error).__name__}: {error}"

@@ -130,7 +130,8 @@ class Predictor:
         if not isinstance(state, dict) or state.get("format") != DEPLOYABLE_FORMAT:
             raise ValueError(f"{path} is not a {DEPLOYABLE_FORMAT} file")
         cfg = config_from_dict(state["config"])
-        model = build_model(cfg, num_classes=state["num_classes"])
+        # for_inference(): a Co-DINO's deployable model has no denoising label embedding either
+        model = build_model(cfg, num_classes=state["num_classes"]).for_inference()
         model.load_state_dict(state["model"])
         return cls(model, cfg, state["category_names"], device)
 

@@ -1,12 +1,14 @@
 """COCO metrics of a checkpoint on the validation set, printed and optionally logged to MLflow.
 
     python -m platform.evaluate --checkpoint runs/NAME/checkpoint_.../ [--config X.yaml] [key=value ...]
-                                [--mlflow] [--run-id ID] [--json metrics.json]
+                                [--branch NAME ...] [--mlflow] [--run-id ID] [--json metrics.json]
 
 The config defaults to the one stored in the checkpoint (overrides apply on top, e.g.
 ``data.val.ann_file=...``). Runs in this process on the CPU (or ``--device cuda``), without Ray.
 ``--mlflow`` logs the metrics as a new run of the config's experiment; ``--run-id`` logs them
-into an existing run instead (step = the checkpoint's iteration).
+into an existing run instead (step = the checkpoint's iteration). ``--branch atss`` (repeatable, or
+``--branch all``) also evaluates that auxiliary head on its own detections from the same encoder pass
+(the official test settings: see docs/diagnostics.md): its metrics are ``branch/atss/coco/*``.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mlflow", action="store_true", help="log the metrics as a new MLflow run")
     parser.add_argument("--run-id", default=None, help="log the metrics into this existing MLflow run")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the metrics as JSON")
+    parser.add_argument("--branch", action="append", default=None, metavar="NAME",
+                        help="also evaluate this auxiliary head on its own (repeatable; 'all': every head)")
     return parser.parse_args(argv)
 
 
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         metrics, state = evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.device,
-                                             args.batch_size)
+                                             args.batch_size, branches=args.branch)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -51,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Checkpoint {args.checkpoint} (epoch {state.get('epoch')}, iteration {iteration}), "
           f"evaluated in {time.time() - start:.0f} s:")
     for key, value in metrics.items():
-        print(f"  {key:<16} {value:.4f}")
+        print(f"  {key:<28} {value:.4f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"checkpoint": args.checkpoint, "iteration": iteration, "metrics": metrics}, f, indent=1)

@@ -59,6 +59,20 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    # each auxiliary head's own detections from the shared encoder, evaluated in the same pass: branch/<head>/coco/*
+    branches: bool = True
+    # the paper's diagnostics on a fixed val subset at every evaluation: diag/encoder_iof_iob_auc, diag/instability
+    diagnostics: bool = True
+    diag_images: int = 16              # the subset: the first N validation images (by image id)
+    # the COCO error breakdown (errors/*), PR curves and confusion matrix at the final evaluation
+    error_analysis: bool = True
+
+    def validate(self, prefix: str) -> None:
+        check_range(self.diag_images >= 1, f"{prefix}.diag_images", "must be >= 1")
+
+
+@dataclass
 class PlatformConfig:
     num_workers: int = 1               # Ray Train workers (one per GPU when use_gpu)
     use_gpu: bool = False              # one GPU per worker (NCCL); false: CPU workers (gloo)

@@ -12,7 +12,7 @@ from typing import Literal
 from codetr.config.aux_schema import AUX_HEAD_TYPES, AuxHeadsConfig
 from codetr.config.data_schema import DataConfig
 from codetr.config.loader import check_range
-from codetr.config.run_schema import PlatformConfig, TrainConfig
+from codetr.config.run_schema import EvalConfig, PlatformConfig, TrainConfig
 
 
 # Swin presets (embed_dim, depths, num_heads, window_size, drop_path_rate) as the official Co-DETR
@@ -266,6 +266,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
 
     def validate(self, prefix: str) -> None:

@@ -8,7 +8,9 @@ A checkpoint is a dict::
      "best": {"metric": name, "value": float} | None}
 
 ``save_checkpoint`` writes to a temporary file in the same folder and renames it over the
-target, so a crash mid-write never leaves a truncated checkpoint behind.
+target, so a crash mid-write never leaves a truncated checkpoint behind; a write that fails (no space
+left, a read-only folder) removes its temporary file, leaves the previous checkpoint as it was and
+raises :class:`codetr.errors.CheckpointWriteError` naming the path and the cause.
 
 ``load_checkpoint`` unpickles with ``torch.load(weights_only=True)``: tensors, numbers, strings
 and containers only, so a checkpoint from elsewhere cannot run code. NumPy's RNG state is stored
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from codetr.errors import CheckpointError
+from codetr.errors import CheckpointError, CheckpointWriteError, describe_os_error
 
 CHECKPOINT_FORMAT = "codetr-checkpoint/1"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -77,18 +79,43 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically ``torch.save`` ``state`` (tagged with the checkpoint format) to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp, writer = None, None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+            writer = _WriteErrors(f)
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, writer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # torch.save turns a failed write into its own RuntimeError ("unexpected pos ..."): the cause
+        # is the OSError its writer saw
+        cause = writer.error if writer is not None and writer.error is not None else e
+        if isinstance(cause, OSError):
+            raise CheckpointWriteError(str(path), describe_os_error(cause)) from e
         raise
     return path
+
+
+class _WriteErrors:
+    """A binary file for ``torch.save`` that keeps the first OSError of its writes (torch hides it)."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def resolve_checkpoint_file(path: str | Path) -> Path:

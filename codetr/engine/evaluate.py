@@ -33,7 +33,9 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
     Every rank feeds its shard of the validation set to ``evaluator.update(predictions, targets)``;
     ``evaluator.synchronize()`` gathers them over torch.distributed and ``evaluator.summarize()``
     returns ``{"coco/AP": ..., ...}`` on rank 0 (``{}`` on other ranks). ``samples`` are the first
-    ``num_samples`` images of rank 0. The model is put back in train mode afterwards. What the
+    ``num_samples`` images of rank 0. The model is put back in train mode afterwards. An evaluator
+    with ``wants_outputs`` (:class:`codetr.evaluation.suite.EvaluationSuite` with auxiliary branches or
+    diagnostics) gets the model's ``predict_all`` outputs through ``update_outputs`` instead. What the
     evaluator prints (COCOeval's table) is kept out of the console; it stays on
     ``evaluator.summary_text`` when the evaluator keeps it.
     """
@@ -42,14 +44,21 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
     net.eval()
     samples: list[EvalSample] = []
     try:
+        # an evaluation suite with branches or diagnostics (codetr.evaluation.suite) reads the model's internals
+        with_outputs = bool(getattr(evaluator, "wants_outputs", False)) and hasattr(net, "predict_all")
         for images, targets in loader:
             images = [img.to(device, non_blocking=True) for img in images]
-            with autocast_context(device, amp):
-                predictions = net(images)
-            predictions = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()}
-                           for p in predictions]
             targets_cpu = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-            evaluator.update(predictions, targets_cpu)
+            if with_outputs:
+                with autocast_context(device, amp):
+                    outputs = net.predict_all(images, evaluator.branches)
+                predictions = evaluator.update_outputs(outputs, targets_cpu)
+            else:
+                with autocast_context(device, amp):
+                    predictions = net(images)
+                predictions = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()}
+                               for p in predictions]
+                evaluator.update(predictions, targets_cpu)
             if get_rank() == 0:
                 for img, pred, tgt in zip(images, predictions, targets_cpu):
                     if len(samples) >= num_samples:

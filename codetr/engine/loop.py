@@ -21,7 +21,10 @@ Metric names (the one place they are made):
     train/iter_cpu_time         CPU seconds of this process per iteration (the wall time it would take
                                 on a core of its own: on a shared machine, iter_time / iter_cpu_time
                                 shows the contention)
-    coco/*                      the evaluator's metrics
+    assign/<head>/pos_per_gt    an auxiliary head's positives per gt box; .../gt_without_pos: the share of
+                                gt boxes with none; .../pos_queries_per_image: positive queries it feeds
+                                the decoder; assign/query/matched_per_image: one-to-one matches per image
+    coco/*                      the evaluator's metrics (branch/<head>/coco/*, diag/*: see codetr.evaluation.suite)
 
 Losses are averaged over the last ``train.log_every`` iterations of rank 0; the values are
 accumulated on the device and read back once per window (no per-iteration host sync).
@@ -79,6 +82,7 @@ class StepOutput:
     grad_norm: torch.Tensor             # total norm before clipping (unscaled under fp16)
     applied: bool = True                # False: the update was skipped (non-finite loss or gradient, fp16 overflow)
     overflow: bool = False              # train.amp=fp16: skipped because the scaled gradients overflowed
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's train_stats (assign/*), mean over micro-batches
 
 
 def optimizer_steps_per_epoch(num_batches: int, accumulate_steps: int) -> int:
@@ -120,6 +124,7 @@ def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimize
     loss_sum: torch.Tensor | None = None
     weighted_sum: dict[str, torch.Tensor] = {}
     unweighted_sum: dict[str, torch.Tensor] = {}
+    stats_sum: dict[str, torch.Tensor] = {}
     for i, (images, targets) in enumerate(micro_batches):
         if device is not None:
             images, targets = _to_device(images, targets, device)
@@ -132,16 +137,21 @@ def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimize
             with clock("backward"):
                 (scaler.scale(objective) if scaler is not None else objective).backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-        for sums, terms in ((weighted_sum, weighted), (unweighted_sum, unweighted)):
+        # statistics the model kept of this forward pass (CoDETR.train_stats: the assignment counts)
+        stats = getattr(unwrap_model(model), "train_stats", None) or {}
+        for sums, terms in ((weighted_sum, weighted), (unweighted_sum, unweighted), (stats_sum, stats)):
             for name, value in terms.items():
                 sums[name] = value.detach() if name not in sums else sums[name] + value.detach()
     if k > 1:
         loss_sum = loss_sum / k
         weighted_sum = {name: v / k for name, v in weighted_sum.items()}
         unweighted_sum = {name: v / k for name, v in unweighted_sum.items()}
+        stats_sum = {name: v / k for name, v in stats_sum.items()}
     with clock("optimizer"):
-        return _apply_step(optimizer, loss_sum, weighted_sum, unweighted_sum, clip_grad_norm=clip_grad_norm,
-                           scaler=scaler, allow_step=allow_step)
+        out = _apply_step(optimizer, loss_sum, weighted_sum, unweighted_sum, clip_grad_norm=clip_grad_norm,
+                          scaler=scaler, allow_step=allow_step)
+    out.stats = stats_sum
+    return out
 
 
 def _apply_step(optimizer: torch.optim.Optimizer, loss_sum: torch.Tensor, weighted_sum: dict[str, torch.Tensor],
@@ -201,6 +211,8 @@ class LossWindow:
             full = name if "/" in name else f"query/{name}"
             self._add(f"train_unweighted/{full}", value)
         self._add("train/grad_norm", out.grad_norm)
+        for name, value in out.stats.items():    # assign/<head>/... under their own names
+            self._add(name, value)
         self.steps += 1
         self.images += num_images
 
@@ -239,6 +251,7 @@ class EpochReport:
     is_best: bool = False                   # rank 0: this checkpoint has the best coco/AP so far
     samples: list[EvalSample] = field(default_factory=list)  # rank 0: a few validation predictions
     eval_summary: str = ""                  # rank 0: the evaluator's text summary (COCOeval's table)
+    eval_details: dict[str, Any] = field(default_factory=dict)  # rank 0: the evaluator's data for figures
 
 
 @dataclass
@@ -307,6 +320,7 @@ class TrainLoop:
         self.num_epochs = math.ceil(self.total_iters / iters_per_epoch) if iters_per_epoch else 0
         self.last_metrics: dict[str, float] = {}
         self.last_eval_summary = ""
+        self.last_eval_details: dict[str, Any] = {}
         self.guard = NonFiniteGuard(self.tcfg.on_nonfinite, self.tcfg.max_skipped_steps, image_names, skipped_steps)
         self.accumulate_steps = self.tcfg.accumulate_steps
         num_batches = len(train_loader) if hasattr(train_loader, "__len__") else None
@@ -427,10 +441,11 @@ class TrainLoop:
         report = EpochReport(self.epoch, self.iteration, finished, {}, evaluated=False)
         if evaluate_now and self.val_loader is not None and self.make_evaluator is not None:
             began = time.perf_counter()
-            metrics, samples = self.evaluate(num_samples=self.num_samples if finished else 0)
+            metrics, samples = self.evaluate(num_samples=self.num_samples if finished else 0, final=finished)
             metrics = {**metrics, "time/eval_s": time.perf_counter() - began} if metrics else metrics
             report.evaluated = True
             report.eval_summary = self.last_eval_summary
+            report.eval_details = self.last_eval_details
             report.samples = samples
             self.last_metrics.update(metrics)
             value = metrics.get(self.best_metric)
@@ -449,13 +464,17 @@ class TrainLoop:
             if report.checkpoint_dir is not None:
                 shutil.rmtree(report.checkpoint_dir, ignore_errors=True)
 
-    def evaluate(self, num_samples: int = 0) -> tuple[dict[str, float], list[EvalSample]]:
-        """COCO metrics of the current model on ``val_loader`` (rank 0; ``{}`` elsewhere)."""
+    def evaluate(self, num_samples: int = 0, final: bool = False) -> tuple[dict[str, float], list[EvalSample]]:
+        """COCO metrics of the current model on ``val_loader`` (rank 0; ``{}`` elsewhere). ``final``: the run's
+        last evaluation (an evaluator with a ``final`` attribute, e.g. the suite's error analysis, is told)."""
         evaluator = self.make_evaluator()
+        if hasattr(evaluator, "final"):
+            evaluator.final = final
         self.best_metric = getattr(evaluator, "primary_metric", BEST_METRIC)
         out = evaluate(self.model, self.val_loader, evaluator, self.device, amp=self.tcfg.amp,
                        num_samples=num_samples)
         self.last_eval_summary = str(getattr(evaluator, "summary_text", "") or "")
+        self.last_eval_details = dict(getattr(evaluator, "details", None) or {})
         return out
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from codetr.models.precision import float32_region, upcast
 from codetr.ops import ms_deform_attn, resolve_msda_impl
+from codetr.ops.ms_deform_attn import level_shapes_tensor
 
 
 def linear_bias_after_product(linear: nn.Linear, x: Tensor) -> Tensor:
@@ -92,7 +93,7 @@ class MultiScaleDeformableAttention(nn.Module):
         reference_points = reference_points.to(offsets.dtype)
         if reference_points.shape[-1] == 2:
             # offsets are in pixels of each level: normalise by (w, h)
-            normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=offsets.dtype, device=query.device)
+            normalizer = level_shapes_tensor(spatial_shapes, offsets.dtype, query.device).flip(-1)   # [L, 2] (w, h)
             # [bs, num_queries, 1, num_levels, 1, 2] + [..., num_heads, num_levels, num_points, 2]
             locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:

@@ -7,6 +7,8 @@ losses in train mode (their sum is the objective), ``model(images)`` returns per
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 from codetr.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from codetr.config.schema import ModelConfig
 from codetr.models.backbones import build_backbone
+from codetr.models.aux.assign_stats import assignment_stats
 from codetr.models.aux.positives import select_positive_queries
 from codetr.models.criterion import QueryCriterion, layer_prefix
 from codetr.models.freeze import freeze_parts
@@ -24,6 +27,17 @@ from codetr.models.query_heads.dino import DINOQueryHead
 from codetr.models.soft_nms import soft_nms
 from codetr.models.neck import ChannelMapper
 from codetr.models.query_heads.deformable_detr import QueryHead
+
+
+@dataclass
+class EvalOutputs:
+    """One eval-mode forward pass with what the evaluation's diagnostics need (:meth:`CoDETR.predict_all`)."""
+    detections: dict[str, list[dict]]     # "query" and each evaluated auxiliary head key -> per-image detections
+    encoder_maps: list[Tensor]            # the encoder memory as maps, num_levels x [B, C, H_l, W_l]
+    logits: Tensor                        # the last decoder layer's class logits [B, Q, C]
+    boxes_cxcywh_norm: Tensor             # its boxes [B, Q, 4], normalised to each image's (h, w)
+    sizes: list[tuple[int, int]]          # each image's (h, w) in the batch (the padded batch starts top-left)
+    padded_size: tuple[int, int]          # the padded batch's (H, W)
 
 
 def aux_head_keys(names: list[str]) -> list[str]:
@@ -53,6 +67,8 @@ class CoDETR(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(3, 1, 1), persistent=False)
         self._frozen_parts = freeze_parts(self, cfg.freeze)
+        # the assignment statistics of the last training forward (assign/<head>/...: detached device scalars)
+        self.train_stats: dict[str, Tensor] = {}
 
     def train(self, mode: bool = True) -> "CoDETR":
         super().train(mode)
@@ -155,6 +171,24 @@ class CoDETR(nn.Module):
         weighted = self.weight_losses(unweighted)
         return (weighted, unweighted) if return_unweighted else weighted
 
+    @torch.no_grad()
+    def predict_all(self, images: list[Tensor], branches: Sequence[str] = ()) -> EvalOutputs:
+        """Eval mode, one backbone + encoder pass: the query head's detections (as ``model(images)``), those
+        of the auxiliary heads named in ``branches`` (their keys, :attr:`aux_keys`) from the shared encoder
+        pyramid (:mod:`codetr.models.aux.predict`), and the internals the diagnostics read."""
+        unknown = [name for name in branches if name not in self.aux_keys]
+        if unknown:
+            raise ValueError(f"unknown branch(es) {unknown}: this model's auxiliary heads are {self.aux_keys}")
+        batch, mask, sizes = self.preprocess(images)
+        feats, masks = self.neck(self.backbone(batch), mask)
+        out = self.query_head(feats, masks, keep_pyramid=True)
+        detections = {"query": self.postprocess(out.logits[-1], out.boxes_cxcywh_norm[-1], sizes)}
+        for key in branches:
+            head = self.aux_heads[self.aux_keys.index(key)]
+            detections[key] = head.predict(out.pyramid, sizes)
+        return EvalOutputs(detections, out.pyramid[:self.cfg.num_levels], out.logits[-1], out.boxes_cxcywh_norm[-1],
+                           sizes, (int(batch.shape[-2]), int(batch.shape[-1])))
+
     def _normalised_targets(self, targets: list[dict], sizes: list[tuple[int, int]], device: torch.device
                             ) -> tuple[list[Tensor], list[Tensor]]:
         scales = self._scales(sizes, device)
@@ -187,11 +221,17 @@ class CoDETR(nn.Module):
                                                       gt_labels, gt_boxes, scales))
         head_targets = [{"boxes": t["boxes"].to(device=device, dtype=self.box_dtype()),
                          "labels": t["labels"].to(device=device, dtype=torch.int64)} for t in targets]
+        num_queries = logits.shape[2]
+        stats = {"assign/query/matched_per_image": torch.tensor(
+            sum(min(num_queries, len(labels)) for labels in gt_labels) / max(len(gt_labels), 1), device=device)}
         for idx, (key, head) in enumerate(zip(self.aux_keys, self.aux_heads)):
             head_losses, candidates = head.forward_train(out.pyramid, head_targets, sizes)
             losses.update({f"{key}/{term}": value for term, value in head_losses.items()})
+            stats.update({f"assign/{key}/{name}": value for name, value in
+                          assignment_stats(candidates, [t["boxes"] for t in head_targets], self.num_classes).items()})
             queries = select_positive_queries(candidates, self.num_classes, sizes, self.cfg.max_pos_queries,
                                               padding=self.cfg.pos_query_padding)
+            stats[f"assign/{key}/pos_queries_per_image"] = queries.positive.sum().float() / max(len(targets), 1)
             if queries.positive.shape[1] == 0 or not queries.in_loss.any():
                 # nothing to decode (masked padding and no positive in the batch): keep the branch in the
                 # graph with zero losses
@@ -206,6 +246,7 @@ class CoDETR(nn.Module):
             logits, boxes = self.query_head.forward_positive(out.ctx, queries.boxes_cxcywh_norm, queries.attended,
                                                              idx, queries.feats)
             losses.update(self.criterion.positive_losses(key, logits, boxes, queries, scales))
+        self.train_stats = stats
         return losses
 
     def loss_weight(self, name: str) -> float:

@@ -87,9 +87,9 @@ def encoder_reference_points(spatial_shapes: list[tuple[int, int]], valid_ratios
     refs = []
     device = valid_ratios.device
     for level, (h, w) in enumerate(spatial_shapes):
-        ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-            torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device), indexing="ij")
+        # arange + 0.5 (= linspace(0.5, h - 0.5, h), bit for bit): its length follows a traced size in an export
+        ref_y, ref_x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                                      torch.arange(w, dtype=torch.float32, device=device) + 0.5, indexing="ij")
         ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, level, 1] * h)
         ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, level, 0] * w)
         refs.append(torch.stack((ref_x, ref_y), -1))

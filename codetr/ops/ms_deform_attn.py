@@ -12,10 +12,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def _as_shape_list(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+def _as_shape_list(spatial_shapes: Tensor | Sequence[Sequence[int]]) -> list[tuple]:
+    """Per level (h, w): Python ints, or, while an ONNX export traces the model, 0-dim tensors, which keep
+    the level sizes symbolic in the graph (any input size); never converted to ints there."""
     if isinstance(spatial_shapes, Tensor):
-        spatial_shapes = spatial_shapes.tolist()
-    return [(int(h), int(w)) for h, w in spatial_shapes]
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(h, w) if isinstance(h, Tensor) or isinstance(w, Tensor) else (int(h), int(w)) for h, w in spatial_shapes]
+
+
+def level_shapes_tensor(spatial_shapes: Tensor | Sequence[Sequence[int]], dtype: torch.dtype,
+                        device: torch.device) -> Tensor:
+    """The level sizes as a ``[num_levels, 2]`` (h, w) tensor; built from the traced sizes while exporting
+    (``torch.tensor`` of them would freeze the export's example size into the graph)."""
+    shapes = _as_shape_list(spatial_shapes)
+    if any(isinstance(v, Tensor) for hw in shapes for v in hw):
+        return torch.stack([torch.stack([torch.as_tensor(h), torch.as_tensor(w)]) for h, w in shapes]).to(
+            dtype=dtype, device=device)
+    return torch.tensor(shapes, dtype=dtype, device=device)
 
 
 def multi_scale_deformable_attention(
@@ -41,9 +54,12 @@ def multi_scale_deformable_attention(
     shapes = _as_shape_list(spatial_shapes)
     bs, num_keys, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
-    if sum(h * w for h, w in shapes) != num_keys:
+    if isinstance(num_keys, int) and sum(h * w for h, w in shapes) != num_keys:   # (not checked in a traced graph)
         raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} keys, value has {num_keys}")
-    value_per_level = value.split([h * w for h, w in shapes], dim=1)
+    value_per_level, start = [], 0
+    for h, w in shapes:   # slices, not split(): the sizes may be traced tensors (ONNX export at any size)
+        value_per_level.append(value[:, start:start + h * w])
+        start = start + h * w
     # grid_sample wants coordinates in [-1, 1]; align_corners=False matches the reference kernel
     sampling_grids = 2 * sampling_locations - 1
     sampled = []

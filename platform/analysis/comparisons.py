@@ -5,11 +5,13 @@ The arithmetic is :mod:`platform.analysis.stats`; here the trials (:class:`platf
 are grouped into configurations (tag ``sweep.config_id``) and seeds (``sweep.seed``). Only trials that
 ran to the end count (a failed trial, or one stopped early, has no final value to compare): with
 repeats every trial runs its whole schedule, so every configuration is compared at the same epoch.
+A trial that did not (a sweep with trials given up) takes its seed out of its configuration's
+comparisons: the tables mark each comparison that lost its baseline or a seed (``lost``).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from platform.analysis.stats import CONFIDENCE, Configuration, Effect, Interval, PairedDifference, key_effects, \
@@ -65,6 +67,7 @@ class SweepStatistics:
     versus_baseline: dict[str, PairedDifference | None]     # config id -> config - baseline, paired by seed
     effects: list[Effect]
     confidence: float = CONFIDENCE
+    lost: dict[str, list[int]] = field(default_factory=dict)   # config id -> seeds of trials without a final value
 
     def config(self, config_id: str) -> Configuration | None:
         return next((c for c in self.configs if c.config_id == config_id), None)
@@ -89,7 +92,34 @@ def sweep_statistics(rows: Sequence[TrialRow], keys: Sequence[str], metric: str,
             continue
         reference = baseline.values[key] if baseline is not None and key in baseline.values else values[0]
         effects += key_effects(configs, key, keys, values, reference, confidence)
-    return SweepStatistics(metric, list(keys), configs, baseline, intervals, versus, effects, confidence)
+    return SweepStatistics(metric, list(keys), configs, baseline, intervals, versus, effects, confidence,
+                           lost_seeds(rows))
+
+
+def lost_seeds(rows: Sequence[TrialRow]) -> dict[str, list[int]]:
+    """Config id -> the seeds whose trial exists but has no final value (failed, interrupted, still running)."""
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        if r.seed is not None and not (r.ran_to_the_end and r.metric is not None):
+            out.setdefault(r.config_id, []).append(r.seed)
+    return {cid: sorted(seeds) for cid, seeds in out.items()}
+
+
+def lost_note(stats: SweepStatistics, config_id: str) -> str:
+    """What a configuration's comparison with the baseline lost ("" when nothing): seeds of its own, seeds
+    of the baseline that it ran (a paired difference needs both trials of a seed), or the whole baseline."""
+    parts = []
+    if config_id in stats.lost:
+        parts.append(f"seed(s) {stats.lost[config_id]} lost")
+    base, config = stats.baseline, stats.config(config_id)
+    if base is not None and config is not None and base.config_id != config_id:
+        ran = set(config.by_seed) | set(stats.lost.get(config_id, []))
+        base_lost = [s for s in stats.lost.get(base.config_id, []) if s in ran]
+        if not base.by_seed:
+            parts.append(f"baseline {base.config_id} lost")
+        elif base_lost:
+            parts.append(f"baseline {base.config_id} lost seed(s) {base_lost}")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------------------- tables
@@ -117,6 +147,8 @@ def configurations_table(stats: SweepStatistics) -> tuple[list[str], list[list[s
     base = stats.baseline.config_id if stats.baseline else "-"
     header = ["config", *stats.keys, "seeds", f"mean {stats.metric}", "std", f"{pct} CI",
               f"diff vs {base} (paired)", f"{pct} CI of diff", "excludes 0"]
+    if stats.lost:   # a sweep with trials given up: each comparison says what it lost
+        header.append("incomplete")
     body = []
     for c in stats.configs:
         iv = stats.intervals.get(c.config_id)
@@ -126,6 +158,8 @@ def configurations_table(stats: SweepStatistics) -> tuple[list[str], list[list[s
                      str(iv.n if iv else 0), _num(iv.mean if iv else None), _num(iv.std if iv else None), _ci(iv),
                      _num(diff.interval.mean) if diff else "", _ci(diff.interval) if diff else "",
                      _excludes(diff.interval) if diff else ""])
+        if stats.lost:
+            body[-1].append(lost_note(stats, c.config_id))
     return header, body
 
 
@@ -153,8 +187,14 @@ def statistics_markdown(stats: SweepStatistics) -> str:
              f"{stats.metric} after the last epoch: mean over the seeds, sample standard deviation, {pct} "
              f"t-interval of the mean; the difference with the baseline is paired by seed (same seed, same data "
              f"order and initialisation) and its interval is the t-interval of the per-seed differences.",
-             "",
-             to_markdown(*configurations_table(stats))]
+             ""]
+    if stats.lost:
+        lost = ", ".join(f"{cid} seed(s) {seeds}" for cid, seeds in sorted(stats.lost.items(),
+                                                                          key=lambda i: config_order(i[0])))
+        lines += [f"**Incomplete: trials without a final value ({lost}).** Their seeds are left out of every "
+                  "mean and paired comparison they belong to (column `incomplete`); "
+                  "`--resume --retry-failed` runs them again.", ""]
+    lines.append(to_markdown(*configurations_table(stats)))
     if stats.effects:
         lines += ["### Effect of each swept value",
                   "",

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from mlflow.exceptions import MlflowException
 
-from platform.analysis.comparisons import repeated_statistics, statistics_markdown
+from platform.analysis.comparisons import lost_note, repeated_statistics, statistics_markdown
 from platform.analysis.paper_ablations import PAPER_TABLES
 from platform.analysis.plots import plot_curves, plot_differences
 from platform.analysis.rows import collect_rows, to_markdown
@@ -182,7 +182,9 @@ def _fmt(value: float | None, digits: int = 4, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def paper_table_markdown(rows: list[ComparedRow], metric: str, mode: str = "max") -> str:
+def paper_table_markdown(rows: list[ComparedRow], metric: str, mode: str = "max", stats=None) -> str:
+    """The paper table beside the toy one; with ``stats``, a toy configuration whose comparison lost its
+    baseline or a seed (trials given up) says so."""
     header = ["paper row", "paper AP", "paper diff", "toy config", "seeds", f"toy {metric} mean [95% CI]",
               "toy diff (paired) [95% CI]", "direction", "tight enough to tell"]
     body = []
@@ -190,12 +192,19 @@ def paper_table_markdown(rows: list[ComparedRow], metric: str, mode: str = "max"
         iv, d = r.interval, r.difference
         body.append([r.row.label + (" (reference)" if r.is_reference else ""), f"{r.row.ap:.1f}",
                      "" if r.is_reference else f"{r.paper_delta:+.1f}",
-                     r.config.config_id if r.config else "not measured",
+                     _config_cell(r.config, stats),
                      str(iv.n) if iv else "", iv.format() if iv else "",
                      (f"{d.interval.mean:+.4f}" + (f" [{d.interval.low:+.4f}, {d.interval.high:+.4f}]"
                                                    if d.interval.low is not None else "")) if d else "",
                      r.direction(mode), r.tight_enough()])
     return to_markdown(header, body)
+
+
+def _config_cell(config, stats) -> str:
+    if config is None:
+        return "not measured"
+    note = lost_note(stats, config.config_id) if stats is not None else ""
+    return f"{config.config_id} ({note})" if note else config.config_id
 
 
 def verdict_lines(tables: list[list[ComparedRow]], mode: str = "max") -> list[str]:
@@ -267,7 +276,7 @@ def build_report(client, tracking_uri: str, sweep: str) -> tuple[str, dict[str, 
         for rows_of_table in tables:
             table = rows_of_table[0].table
             lines += [f"## {table.name}", "", f"Paper: {table.source}; reference row: {table.reference}.", "",
-                      paper_table_markdown(rows_of_table, record.metric, record.mode)]
+                      paper_table_markdown(rows_of_table, record.metric, record.mode, stats)]
         lines += ["## Row by row", "", *verdict_lines(tables, record.mode), ""]
     else:
         lines += ["No table of the paper is covered: the sweep measured no reference row together with another "

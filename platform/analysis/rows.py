@@ -18,6 +18,12 @@ CURVE_METRIC = "coco/AP"
 
 
 
+def is_diagnostic_column(key: str) -> bool:
+    """Final metrics a sweep's table shows beside its metric: each branch's AP and the diagnostics
+    (docs/diagnostics.md)."""
+    return (key.startswith("branch/") and key.endswith("/AP")) or key.startswith("diag/")
+
+
 @dataclass
 class TrialRow:
     trial: str                     # the child run's name (shows the hyper-parameters)
@@ -29,7 +35,7 @@ class TrialRow:
     best: float | None             # best value over the trial's evaluations
     epochs: int | None
     iterations: int | None
-    extra: dict[str, float]        # a few more final metrics (coco/AP50, train/loss)
+    extra: dict[str, float]        # a few more final metrics (coco/AP50, train/loss, branch/*/coco/AP, diag/*)
     curve: list[tuple[int, float]]  # (epoch, coco/AP)
     history: list[tuple[int, float]] = field(default_factory=list)   # (epoch, metric)
     config_id: str = ""            # the configuration (its repeats share it); "" for runs without the tag
@@ -105,7 +111,7 @@ def collect_rows(tracking_uri: str, experiment_id: str, parent_run_id: str, keys
             metric=m.get(metric), best=best,
             epochs=int(max(d.value for d in done)) if done else None,
             iterations=max(d.step for d in done) if done else None,
-            extra={k: m[k] for k in ("coco/AP50", "train/loss") if k in m},
+            extra={k: v for k, v in m.items() if k in ("coco/AP50", "train/loss") or is_diagnostic_column(k)},
             curve=curve, history=by_epoch,
             config_id=tags.get(CONFIG_ID_TAG) or tags.get(VALUES_TAG, run.info.run_id),
             seed=int(seed) if seed not in (None, "") else None,

@@ -30,7 +30,8 @@ from mlflow.tracking import MlflowClient
 
 from platform.analysis.comparisons import configurations_table, effects_table, statistics_markdown
 from platform.analysis.plots import plot_curves, plot_differences, plot_metric_vs_key
-from platform.analysis.rows import CURVE_METRIC, TrialRow, format_value, to_csv, to_markdown, value_order
+from platform.analysis.rows import (CURVE_METRIC, TrialRow, format_value, is_diagnostic_column, to_csv, to_markdown,
+                                    value_order)
 from platform.core.visualize import close_figure
 from platform.tracking.mlflow_runs import RunLogger
 
@@ -43,15 +44,16 @@ def table(rows: list[TrialRow], keys: list[str], metric: str,
           at_epochs: list[int] | tuple[int, ...] = ()) -> tuple[list[str], list[list[str]]]:
     """One row per trial; ``at_epochs``: extra columns with the metric after those epochs (the
     fair comparison between trials that ran for different lengths)."""
+    diagnostics = sorted({k for r in rows for k in r.extra if is_diagnostic_column(k)})
     header = ["rank", "trial", *keys, metric, f"best {metric}", *(f"{metric} @ epoch {e}" for e in at_epochs),
-              "coco/AP50", "train/loss", "epochs", "iterations", "status", "end", "mlflow_run_id"]
+              "coco/AP50", "train/loss", "epochs", "iterations", "status", "end", "mlflow_run_id", *diagnostics]
     body = []
     for i, r in enumerate(rows, 1):
         body.append([str(i), r.trial, *(format_value(r.values.get(k)) for k in keys), _num(r.metric), _num(r.best),
                      *(_num(r.metric_at(e)) for e in at_epochs),
                      _num(r.extra.get("coco/AP50")), _num(r.extra.get("train/loss")),
                      "" if r.epochs is None else str(r.epochs), "" if r.iterations is None else str(r.iterations),
-                     r.status, r.end, r.run_id])
+                     r.status, r.end, r.run_id, *(_num(r.extra.get(k)) for k in diagnostics)])
     return header, body
 
 

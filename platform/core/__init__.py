@@ -9,6 +9,7 @@ cluster, checkpoints in Ray storage and pictures.
 - :mod:`.checkpoints`: a run's checkpoints in Ray Train storage; the model of a checkpoint
 - :mod:`.config_docs`: the reference of every config key, from the typed schema
 - :mod:`.visualize`: loss curves and images with boxes drawn
+- :mod:`.diagnostic_plots`: the evaluation diagnostics' figures (IoF-IoB curve, error breakdown, PR curves, confusion)
 
 Nothing is imported here: ``python -m platform.train`` must set :mod:`.loopback` before anything
 imports ``ray``.

@@ -1,13 +1,16 @@
 """The deployable model as an ONNX graph of plain operators, checked against PyTorch with onnxruntime.
 
-The graph (``OnnxDetector``): ``images`` float32 ``[batch, 3, H, W]`` RGB in [0, 1], every image exactly
-H x W (no padding mask) -> ``boxes`` ``[batch, K, 4]`` xyxy in pixels of the input, ``scores``
-``[batch, K]`` (sigmoid), ``labels`` ``[batch, K]`` int64 class indices, K = min(num_detections,
-num_queries x num_classes): the same top-k decoding as ``CoDETR.postprocess``; and what that top-k ranks,
-every query's ``query_logits`` ``[batch, Q, C]`` and ``query_boxes`` ``[batch, Q, 4]`` (cxcywh in [0, 1]);
-and the two-stage selection that made the queries: ``proposal_scores`` ``[batch, N]`` (every encoder
-position's score, -inf where invalid) and ``proposal_index`` ``[batch, Q]`` (the positions taken, in rank
-order). The deformable attention is ``grid_sample`` (ONNX opset >= 16), no custom kernel.
+The graph (``OnnxDetector``): ``images`` float32 ``[batch, 3, H, W]`` RGB in [0, 1], every image of a
+batch exactly H x W (no padding mask) -> ``boxes`` ``[batch, K, 4]`` xyxy in pixels of the input, ``scores``
+``[batch, K]`` (sigmoid), ``labels`` ``[batch, K]`` int64 class indices: the same top-k decoding as
+``CoDETR.postprocess``. Without NMS (Co-Deformable-DETR) K = min(num_detections, num_queries x
+num_classes), the final detections; with soft-NMS (Co-DINO) K = min(num_queries, num_queries x
+num_classes), the candidates that :func:`platform.deploy.postprocess.postprocess` (NumPy, written next to
+the model) reduces to the model's detections, as the metadata ``postprocess`` says. Then what that top-k
+ranks, every query's ``query_logits`` ``[batch, Q, C]`` and ``query_boxes`` ``[batch, Q, 4]`` (cxcywh in
+[0, 1]); and the two-stage selection that made the queries: ``proposal_scores`` ``[batch, N]`` (every
+encoder position's score, -inf where invalid) and ``proposal_index`` ``[batch, Q]`` (the positions
+taken, in rank order). The deformable attention is ``grid_sample`` (ONNX opset >= 16), no custom kernel.
 
 The check (:func:`check_onnx`) compares nothing rank by rank: two scores closer than float32 rounding
 may come out in either order, and onnxruntime's kernels round otherwise than PyTorch's (by how much
@@ -18,16 +21,20 @@ onnxruntime's selection when it is a top-k of PyTorch's scores up to the toleran
 that selection to compare every query's logits and box, and pairs the detections by label, score and box
 (:mod:`codetr.evaluation.agreement`).
 
-What it supports: the batch is dynamic; the height and width are fixed at export (the multi-scale
-deformable attention's level shapes and the encoder's reference points are constants of the graph):
-export once per input size. Exported with PyTorch's TorchScript-based exporter (``dynamo=False``),
-which needs nothing beyond ``onnx``; the export also writes the class names and the input size into
-the model's metadata (``label_names``, ``input_size``).
+What it supports: batch, height and width are all dynamic: the level shapes of the multi-scale
+deformable attention, the encoder's reference points and proposals, the padding mask and the output
+scale are computed in the graph from the input's shape. One limit: the two-stage selection keeps
+``num_queries`` encoder positions, a constant of the graph, so the input needs at least that many
+positions over the levels (:func:`min_input_side`; 64 px for the tiny configs). Exported with PyTorch's
+TorchScript-based exporter (``dynamo=False``), which needs nothing beyond ``onnx``; the export writes the
+class names, the input format and normalisation, the size limits and the post-processing into the
+model's metadata.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +50,18 @@ from codetr.box_ops import box_cxcywh_to_xyxy
 from codetr.evaluation.agreement import (Agreement, SelectionAgreement, batch_agreement, max_abs_diff,
                                          selection_agreement)
 from codetr.models.query_heads import deformable_detr, dino
+from platform.deploy import postprocess as postprocess_module
 
 DEFAULT_OPSET = 17
 MIN_SIDE = 64
 BOX_TOLERANCE_PX = 0.05       # parity limits of the check (float32 accumulation-order differences only)
 SCORE_TOLERANCE = 1e-4        # also: detections whose scores differ by less are interchangeable
 LOGIT_TOLERANCE = 4e-4        # the logits before the sigmoid (its slope is at most 1/4)
+SOFT_NMS_MIN_SCORE = 1e-3     # codetr.models.soft_nms.soft_nms's default
 OUTPUT_NAMES = ["boxes", "scores", "labels", "query_logits", "query_boxes", "proposal_scores", "proposal_index"]
+DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "boxes": {0: "batch"}, "scores": {0: "batch"},
+                "labels": {0: "batch"}, "query_logits": {0: "batch"}, "query_boxes": {0: "batch"},
+                "proposal_scores": {0: "batch", 1: "positions"}, "proposal_index": {0: "batch"}}
 
 
 class TwoStageSelection:
@@ -97,7 +109,7 @@ class OnnxDetector(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         m = self.model
-        height, width = images.shape[-2:]
+        height, width = images.shape[-2:]       # 0-dim tensors while exporting: the graph keeps them symbolic
         batch = (images - m.pixel_mean) / m.pixel_std
         mask = torch.zeros_like(images[:, 0], dtype=torch.bool)              # [B, H, W]: no padding
         feats, masks = m.neck(m.backbone(batch), mask)
@@ -105,13 +117,46 @@ class OnnxDetector(nn.Module):
             out = m.query_head(feats, masks)
         logits, boxes_cxcywh_norm = out.logits[-1], out.boxes_cxcywh_norm[-1]  # [B, Q, C], [B, Q, 4]
         num_classes = logits.shape[-1]
-        k = min(m.cfg.num_detections, logits.shape[1] * num_classes)
+        k = min(candidates_per_image(m.cfg), logits.shape[1] * num_classes)
         scores, index = logits.sigmoid().flatten(1).topk(k, dim=1)            # [B, k]
         query, labels = index // num_classes, index % num_classes
         boxes_xyxy = box_cxcywh_to_xyxy(boxes_cxcywh_norm.gather(1, query[..., None].expand(-1, -1, 4)))
-        size = torch.tensor([width, height, width, height], dtype=boxes_xyxy.dtype, device=boxes_xyxy.device)
+        size = torch.stack([torch.as_tensor(v) for v in (width, height, width, height)]).to(boxes_xyxy)
         boxes_xyxy = torch.minimum((boxes_xyxy * size).clamp(min=0), size)    # clipped to the image
         return boxes_xyxy, scores, labels, logits, boxes_cxcywh_norm, selection.scores, selection.index
+
+
+def candidates_per_image(cfg) -> int:
+    """K of the graph's top-k: the detections (no NMS), or the soft-NMS candidates (``CoDETR.postprocess``)."""
+    return cfg.num_queries if cfg.eval_nms() == "soft" else cfg.num_detections
+
+
+def level_strides(cfg) -> list[int]:
+    """The strides of the encoder's levels: 8..64 (4 levels) or 4..64 (5 levels)."""
+    return [64 // 2 ** (cfg.num_levels - 1 - i) for i in range(cfg.num_levels)]
+
+
+def encoder_positions(cfg, height: int, width: int) -> int:
+    """How many encoder positions an input of ``height`` x ``width`` gives (every level: ceil(side / stride))."""
+    return sum(-(-height // s) * -(-width // s) for s in level_strides(cfg))
+
+
+def min_input_side(cfg) -> int:
+    """The smallest square side the graph runs at: >= MIN_SIDE, and at least ``num_queries`` encoder
+    positions (the two-stage top-k's k is a constant of the graph)."""
+    side = MIN_SIDE
+    while encoder_positions(cfg, side, side) < cfg.num_queries:
+        side += 8
+    return side
+
+
+def postprocess_spec(cfg) -> dict:
+    """What the ONNX outputs still need (the metadata ``postprocess``)."""
+    if cfg.eval_nms() == "soft":
+        return {"type": "soft_nms", "method": "linear", "class_wise": True, "iou_threshold": cfg.nms_iou,
+                "min_score": SOFT_NMS_MIN_SCORE, "max_detections": cfg.num_detections,
+                "function": "postprocess.postprocess (NumPy), written next to the model"}
+    return {"type": "none"}
 
 
 def masked_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
@@ -121,34 +166,59 @@ def masked_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
 
 
 def export_onnx(predictor, path: str | Path, height: int, width: int, opset: int = DEFAULT_OPSET) -> Path:
-    """Export ``predictor.model`` (a :class:`codetr.inference.Predictor`) for ``height`` x ``width`` inputs."""
-    if height < MIN_SIDE or width < MIN_SIDE:
-        raise ValueError(f"--height / --width must be at least {MIN_SIDE} pixels, got {height}x{width}")
+    """Export ``predictor.model`` (a :class:`codetr.inference.Predictor`); ``height`` x ``width`` is the
+    example traced (the graph takes any size of at least :func:`min_input_side`)."""
+    cfg = predictor.model.cfg
+    pad = cfg.input_padding
+    if pad.size is not None or pad.size_divisor > 1:
+        raise ValueError(f"model.input_padding (size {pad.size}, size_divisor {pad.size_divisor}) pads every "
+                         f"batch in the model; the graph takes unpadded images: export a model with no "
+                         f"input_padding.size and size_divisor 1")
+    low = min_input_side(cfg)
+    if height < low or width < low:
+        raise ValueError(f"--height / --width must be at least {low} pixels (at least {MIN_SIDE}, and "
+                         f"{cfg.num_queries} encoder positions for the two-stage top-k), got {height}x{width}")
     if opset < 16:
         raise ValueError(f"grid_sample needs ONNX opset >= 16, got {opset}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = OnnxDetector(predictor.model.cpu()).eval()
     example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-    batch_axis = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
-        # the tracer's notes on Python ints and shapes are the fixed input size, by design
+        # the tracer's notes: the top-k sizes (num_queries, num_detections) are constants by design
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*TorchScript-based ONNX export")
         torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=OUTPUT_NAMES,
-                          dynamic_axes={name: batch_axis for name in ["images", *OUTPUT_NAMES]})
+                          input_names=["images"], output_names=OUTPUT_NAMES, dynamic_axes=DYNAMIC_AXES)
     graph = onnx.load(str(path))
-    for key, value in {"label_names": json.dumps(predictor.category_names), "input_size": f"{height}x{width}",
-                       "input_format": "float32 [batch, 3, H, W] RGB in [0, 1]",
-                       "outputs": "boxes [batch, K, 4] xyxy pixels, scores [batch, K], labels [batch, K] int64; "
-                                  "before the top-k: query_logits [batch, Q, C], query_boxes [batch, Q, 4] "
-                                  "cxcywh in [0, 1]; the two-stage selection: proposal_scores [batch, N] (every "
-                                  "encoder position, -inf where invalid), proposal_index [batch, Q] int64"}.items():
+    for key, value in metadata(predictor).items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(graph, str(path))
+    if postprocess_spec(cfg)["type"] != "none":
+        shutil.copyfile(Path(postprocess_module.__file__), path.with_name("postprocess.py"))
     return path
+
+
+def metadata(predictor) -> dict[str, str]:
+    """The model's metadata: class names, what goes in (format, normalisation, sizes), what comes out."""
+    cfg, aug = predictor.model.cfg, predictor.cfg.data.augment
+    return {
+        "label_names": json.dumps(predictor.category_names),
+        "query_head": cfg.query_head,
+        "input_format": "float32 [batch, 3, H, W] RGB in [0, 1]; every image of a batch H x W (no padding)",
+        "input_size": f"dynamic: batch, height and width; at least {min_input_side(cfg)} px a side",
+        "normalisation": json.dumps({"in_graph": True, "mean": list(cfg.pixel_mean), "std": list(cfg.pixel_std),
+                                     "note": "(x - mean) / std on [0, 1] RGB, inside the graph"}),
+        "resize": json.dumps({"shorter_side": aug.eval_scale, "max_size": aug.eval_max_size,
+                              "note": "the evaluation resize the model was trained for; boxes are in pixels of "
+                                      "the input given to the graph"}),
+        "outputs": "boxes [batch, K, 4] xyxy pixels, scores [batch, K], labels [batch, K] int64; before the top-k: "
+                   "query_logits [batch, Q, C], query_boxes [batch, Q, 4] cxcywh in [0, 1]; the two-stage "
+                   "selection: proposal_scores [batch, N] (every encoder position, -inf where invalid), "
+                   "proposal_index [batch, Q] int64",
+        "postprocess": json.dumps(postprocess_spec(cfg)),
+    }
 
 
 @dataclass
@@ -194,7 +264,8 @@ def check_onnx(path: str | Path, predictor, images: Tensor) -> ParityReport:
        (near-tied positions may swap: float32 rounds otherwise in the two runtimes);
     3. PyTorch run again on onnxruntime's selection: every query's logits and box;
     4. the top-k detections paired by label, score and box (against the model's public forward when both
-       selected the same positions in the same order, else against the run of 3)."""
+       selected the same positions in the same order, else against the run of 3); for a soft-NMS head
+       (Co-DINO) after :func:`platform.deploy.postprocess.postprocess` on both sides' candidates."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images.numpy()})))
     missing = [name for name in OUTPUT_NAMES if name not in outputs]
@@ -208,13 +279,19 @@ def check_onnx(path: str | Path, predictor, images: Tensor) -> ParityReport:
         public = model([image for image in images]) if np.array_equal(own[6].numpy(), ort_index) else None
     height, width = images.shape[-2:]
     size = np.array([width, height, width, height], np.float64)
-    if public is None:
-        public = [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(*same[:3])]
-    if outputs["boxes"].shape != (len(public), *public[0]["boxes"].shape):
-        raise RuntimeError(f"onnxruntime gave boxes {outputs['boxes'].shape}, PyTorch "
-                           f"{(len(public), *public[0]['boxes'].shape)}")
-    ort_detections = [{"boxes": b, "scores": s, "labels": lab}
-                      for b, s, lab in zip(outputs["boxes"], outputs["scores"], outputs["labels"])]
+    spec = postprocess_spec(model.cfg)
+    if spec["type"] != "none":   # soft-NMS (Co-DINO): the graph's candidates through the shipped post-processing
+        ort_detections = postprocess_module.postprocess(outputs["boxes"], outputs["scores"], outputs["labels"], spec)
+        if public is None:
+            public = postprocess_module.postprocess(*(t.numpy() for t in same[:3]), spec)
+    else:
+        if public is None:
+            public = [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(*same[:3])]
+        if outputs["boxes"].shape != (len(public), *public[0]["boxes"].shape):
+            raise RuntimeError(f"onnxruntime gave boxes {outputs['boxes'].shape}, PyTorch "
+                               f"{(len(public), *public[0]['boxes'].shape)}")
+        ort_detections = [{"boxes": b, "scores": s, "labels": lab}
+                          for b, s, lab in zip(outputs["boxes"], outputs["scores"], outputs["labels"])]
     return ParityReport(
         batch=int(images.shape[0]),
         proposal_scores_max_abs_diff=_finite_max_abs_diff(outputs["proposal_scores"], own[5].numpy()),
@@ -222,17 +299,6 @@ def check_onnx(path: str | Path, predictor, images: Tensor) -> ParityReport:
         logits_max_abs_diff=max_abs_diff(outputs["query_logits"], same[3]),
         query_boxes_max_abs_diff=max_abs_diff(outputs["query_boxes"] * size, same[4].numpy() * size),
         detections=batch_agreement(public, ort_detections, SCORE_TOLERANCE))
-
-
-def check_other_size(path: str | Path, height: int, width: int) -> str:
-    """What onnxruntime does with an input of another size than the export's: the error's first line,
-    or ``"ran"`` (it should not: the graph's shapes are fixed)."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    try:
-        session.run(None, {"images": np.zeros((1, 3, height + 32, width + 32), np.float32)})
-    except Exception as e:   # onnxruntime's own error types
-        return str(e).strip().splitlines()[0][:200]
-    return "ran"
 
 
 def input_batch(image_uint8: Tensor, height: int, width: int, batch: int) -> Tensor:

@@ -15,6 +15,10 @@ parent gets the results table, plots and the best config (:mod:`platform.analysi
 
 ``--resume`` continues an interrupted sweep of the same name (``Tuner.restore``): finished trials
 are kept, unfinished ones continue from their latest checkpoint into the same child runs.
+A trial whose process, worker or node is lost restarts from its latest checkpoint, up to
+``max_failures`` times (sweep file, default 1); a trial that keeps failing is given up: the sweep is
+INCOMPLETE (summary, parent run FAILED with tag ``sweep.incomplete``) and ``--resume --retry-failed``
+runs exactly the given-up trials again, from their latest checkpoints, into their MLflow runs.
 
 Repeats (``seeds`` / ``repeats`` in the sweep file) run every configuration once per seed
 (``train.seed``); the summary then gives each configuration's mean and t-interval, the effect of
@@ -44,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="sweep-file fields (num_samples=2, scheduler.type=none) or base config keys "
                              "(train.max_iters=10)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="with --resume: run the trials the sweep gave up again (from their latest checkpoints)")
     parser.add_argument("--dry-run", action="store_true", help="validate the sweep file and print the plan")
     add_model_arguments(parser)   # --register NAME: the best trial's model; --verbose
     return parser.parse_intermixed_args(argv)

@@ -3,18 +3,24 @@
 The trial function marks its child run FINISHED when its training completes; Tune kills the trial
 function of a trial that ASHA stops or that fails, so this callback ends those: KILLED with
 ``sweep.end = stopped_early`` for an ASHA stop, FAILED for an error (with the traceback as an artifact),
-KILLED with ``sweep.end = interrupted`` for trials still running when the sweep itself is interrupted;
-``sweep.checkpoint`` names the latest checkpoint Tune holds for the trial (the one a resume starts from)
+KILLED with ``sweep.end = interrupted`` for trials still running when the sweep itself is interrupted
 (:mod:`platform.tracking.sweep_runs` holds the tags and the run lifecycle).
+
+A trial that Tune restarts (its process, worker or node lost, or an error, within the sweep's
+``max_failures``) keeps its run RUNNING: ``sweep.end = restarting``, ``sweep.failures`` counts the
+failures and ``sweep.last_failure`` says what happened. Every checkpoint Tune registers for a trial
+is named in its run (``sweep.checkpoint``): what a restart or a ``--resume`` continues from.
 """
 from __future__ import annotations
 
 import os
 
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from platform.tracking.sweep_runs import RUNNING, children, end_child, find_child
+from platform.tracking.sweep_runs import (CHECKPOINT_TAG, END_TAG, FAILURES_TAG, LAST_FAILURE_TAG, RUNNING, children,
+                                          end_child, find_child)
 
 
 class ChildRunStatusCallback(Callback):
@@ -41,24 +47,46 @@ class ChildRunStatusCallback(Callback):
         else:
             end_child(client, run_id, "KILLED", "stopped_early", f"stopped by the scheduler after epoch {epoch}")
 
-    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        # the checkpoint Tune now holds for the trial (a resumed sweep restarts the trial from it)
-        client, run_id = self._child(trial)
-        if run_id is not None:
-            client.set_tag(run_id, "sweep.checkpoint", str(getattr(checkpoint, "path", checkpoint)))
-
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         client, run_id = self._child(trial)
         if run_id is None:
             return
+        client.set_tag(run_id, FAILURES_TAG, str(trial.num_failures))
+        end_child(client, run_id, "FAILED", "failed", self._error_note(client, run_id, trial))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """Tune restarts the trial (from its latest checkpoint): its run stays RUNNING, the failure noted."""
+        try:
+            client, run_id = self._child(trial)
+            if run_id is None:
+                return
+            tags = {END_TAG: "restarting", FAILURES_TAG: str(trial.num_failures),
+                    LAST_FAILURE_TAG: self._error_note(client, run_id, trial, upload=False)[:5000]}
+            client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        except Exception as e:   # a note for people: MLflow away must not stop the sweep's restarts
+            print(f"[sweep] could not note the restart of trial {trial.trial_id} in MLflow: {e}", flush=True)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        """Name the trial's newest checkpoint in its run (where a restart or ``--resume`` continues)."""
+        try:
+            client, run_id = self._child(trial)
+            if run_id is not None:
+                client.set_tag(run_id, CHECKPOINT_TAG, checkpoint.path)
+        except Exception as e:
+            print(f"[sweep] could not name the checkpoint of trial {trial.trial_id} in MLflow: {e}", flush=True)
+
+    @staticmethod
+    def _error_note(client: MlflowClient, run_id: str, trial, upload: bool = True) -> str:
+        """The last line of the trial's error (its traceback uploaded to the run as ``error/``)."""
         path = str(getattr(trial, "error_file", "") or "")
-        note = path
+        note = path or str(getattr(trial, "error_msg", "") or "")
         if path and os.path.isfile(path):   # the traceback goes with the run; the note is its last line
-            client.log_artifact(run_id, path, "error")
+            if upload:
+                client.log_artifact(run_id, path, "error")
             lines = [ln.strip() for ln in open(path, errors="replace").read().splitlines() if ln.strip()]
             if lines:
-                note = f"{lines[-1]} (traceback: artifact error/{os.path.basename(path)})"
-        end_child(client, run_id, "FAILED", "failed", note)
+                note = lines[-1] + (f" (traceback: artifact error/{os.path.basename(path)})" if upload else "")
+        return note
 
     def on_experiment_end(self, trials: list, **info) -> None:
         # anything still running here was cut short by an interrupted sweep (Ctrl-C, ray job stop)

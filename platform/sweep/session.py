@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -44,7 +45,7 @@ from platform.tracking import mlflow_runs
 from platform.tracking.datasets import log_datasets
 from platform.tracking.model_logging import check_registered_name, serve_command
 from platform.tracking.source import source_tags
-from platform.tracking.sweep_runs import TRIAL_ID_TAG
+from platform.tracking.sweep_runs import FAILED_TRIALS_TAG, INCOMPLETE_TAG, TRIAL_ID_TAG, children
 from platform.train.records import RunData, describe_data, log_checkpoint_model
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_KILLED = 0, 1, 2, 130
@@ -99,9 +100,10 @@ class SweepSession:
     """The driver of one ``python -m platform.sweep`` (see the module docstring for the steps)."""
 
     def __init__(self, spec: SweepSpec, *, sweep_file: str, argv: list[str], overrides: list[str], resume: bool,
-                 register: str | None) -> None:
+                 register: str | None, retry_failed: bool = False) -> None:
         self.spec, self.sweep_file, self.argv, self.overrides = spec, sweep_file, list(argv), list(overrides)
-        self.resume, self.register = resume, register
+        self.resume, self.register, self.retry_failed = resume, register, retry_failed
+        self.failed_trials: list[str] = []    # the trials given up (names with trial ids): an incomplete sweep
         self.base_cfg = spec.base_config()
         self.start = time.time()
         self.data = RunData(None, None, [])
@@ -119,8 +121,10 @@ class SweepSession:
     def from_command_line(cls, args: argparse.Namespace, argv: list[str]) -> "SweepSession":
         try:
             spec = parse_sweep(args.sweep_file, args.overrides)
+            if getattr(args, "retry_failed", False) and not args.resume:
+                raise ConfigError("--retry-failed runs the failed trials of an existing sweep again: add --resume")
             session = cls(spec, sweep_file=args.sweep_file, argv=argv, overrides=args.overrides, resume=args.resume,
-                          register=args.register)
+                          register=args.register, retry_failed=getattr(args, "retry_failed", False))
             if args.register is not None:
                 check_registered_name(args.register)
                 if not session.base_cfg.platform.log_model:
@@ -210,7 +214,8 @@ class SweepSession:
 
     def _fit(self, context: dict[str, Any], callbacks: list, status_callback) -> dict[str, list[dict]]:
         print(f"[sweep] {init_ray(self.base_cfg, TRIAL_ENV)}", flush=True)
-        tuner = build_tuner(self.spec, context, callbacks, self.resume, self.base_cfg.platform.num_to_keep)
+        tuner = build_tuner(self.spec, context, callbacks, self.resume, self.base_cfg.platform.num_to_keep,
+                            retry_failed=self.retry_failed)
         if self.resume:   # the restored run config holds pickled copies of the callbacks: use these
             try:
                 tuner._local_tuner.get_run_config().callbacks = callbacks   # noqa: SLF001
@@ -222,15 +227,36 @@ class SweepSession:
         # one still RUNNING belongs to a trial that Tune cut short on Ctrl-C / SIGTERM
         if status_callback.close_leftovers():
             self.status, self.code = "KILLED", EXIT_KILLED
-            print(f"[sweep] interrupted: continue with  python -m platform.sweep {self.sweep_file} --resume "
-                  f"{' '.join(self.overrides)}", flush=True)
-        elif errors == len(grid):
+            print(f"[sweep] interrupted: continue with  {self.command('--resume')}", flush=True)
+            return tune_results_of(grid)
+        self.failed_trials = self._given_up()
+        self._mark_incomplete()
+        if errors == len(grid):
             print(f"[sweep] every trial failed ({errors})", file=sys.stderr)
+        elif errors:   # trials given up after max_failures restarts: the sweep did not deliver what it set out to
+            print(f"[sweep] {errors} of {len(grid)} trial(s) failed (their MLflow runs are FAILED): the sweep is "
+                  f"INCOMPLETE; run them again with  {self.command('--resume', '--retry-failed')}", flush=True)
         else:
             self.status, self.code = "FINISHED", EXIT_OK
-            if errors:
-                print(f"[sweep] {errors} of {len(grid)} trial(s) failed (their MLflow runs are FAILED)", flush=True)
         return tune_results_of(grid)
+
+    def command(self, *flags: str) -> str:
+        """This sweep's command line with ``flags`` (e.g. ``--resume --retry-failed``), shell-quoted."""
+        return shlex.join(["python", "-m", "platform.sweep", self.sweep_file, *self.overrides, *flags])
+
+    def _given_up(self) -> list[str]:
+        """The trials whose child run ended FAILED (given up after ``max_failures`` restarts), by name."""
+        client = MlflowClient(self.tracking_uri)
+        return [f"{run.info.run_name} ({run.data.tags.get(TRIAL_ID_TAG, '?')})"
+                for run in children(client, self.experiment_id, self.parent_run_id) if run.info.status == "FAILED"]
+
+    def _mark_incomplete(self) -> None:
+        """The parent run says whether trials were given up (tags the MLflow UI shows; the run ends FAILED)."""
+        client = MlflowClient(self.tracking_uri)
+        client.set_tag(self.parent_run_id, INCOMPLETE_TAG, "true" if self.failed_trials else "false")
+        client.set_tag(self.parent_run_id, FAILED_TRIALS_TAG, ", ".join(self.failed_trials)[:5000])
+        if self.failed_trials:
+            client.set_tag(self.parent_run_id, "sweep.retry_command", self.command("--resume", "--retry-failed"))
 
     def _summarize(self, tune_results: dict[str, list[dict]]) -> str:
         """The summary tables and plots of the trials, logged to the parent run (Markdown returned)."""
@@ -276,8 +302,13 @@ class SweepSession:
     def print_summary(self) -> None:
         spec = self.spec
         print("\n" + "=" * 72)
-        print(f"Sweep {spec.name}: {self.status} in {(time.time() - self.start) / 60:.1f} min; results sorted by "
-              f"{spec.metric}:\n")
+        if self.failed_trials:
+            print(f"WARNING: sweep {spec.name} is INCOMPLETE: {len(self.failed_trials)} trial(s) failed and were given "
+                  f"up after max_failures={spec.max_failures} restart(s): {', '.join(self.failed_trials)}")
+            print(f"  run exactly these again (from their latest checkpoints, into their MLflow runs):\n"
+                  f"  {self.command('--resume', '--retry-failed')}\n")
+        print(f"Sweep {spec.name}: {'INCOMPLETE' if self.failed_trials else self.status} in "
+              f"{(time.time() - self.start) / 60:.1f} min; results sorted by {spec.metric}:\n")
         print(self.markdown or "(no trial results)")
         print(f"MLflow parent run {self.parent_run_id} (experiment {spec.experiment_name}); "
               f"open the UI: {mlflow_runs.ui_command(self.tracking_uri)}")

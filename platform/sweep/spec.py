@@ -28,6 +28,9 @@ A sweep file (``experiments/sweep*.yaml``)::
     baseline: {model.aux_heads: []}  # the configuration the others are compared with, paired by seed
     trial_runner: auto               # auto: a single-worker trial trains in its Tune trial's own (reused)
                                      # process; ray_train: every trial runs a Ray Train TorchTrainer
+    max_failures: 1                  # restarts of a trial whose process, worker or node is lost (or that
+                                     # errs), each from its latest checkpoint into its MLflow run; 0: none,
+                                     # -1: unlimited
 
 Repeats (``seeds`` / ``repeats``) need grid domains only (a configuration must be the same on every
 seed), ``num_samples: 1``, no ``search_alg`` and ``scheduler: {type: none}``: every trial runs to the
@@ -62,7 +65,7 @@ SCHEDULERS = ("asha", "none")
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
 FIELDS = ("name", "experiment_name", "base", "overrides", "search_space", "configurations", "metric", "mode",
           "num_samples", "max_concurrent_trials", "resources", "scheduler", "search_alg", "storage_path", "seeds",
-          "repeats", "baseline", "trial_runner")
+          "repeats", "baseline", "trial_runner", "max_failures")
 TRIAL_RUNNERS = ("auto", "ray_train")
 SEED_KEY = "train.seed"          # what a repeat changes: model initialisation, data order, augmentation
 CONFIG_ID_KEY = "config_id"      # in a trial's grid point: the id of its configuration (c1, c2, ...)
@@ -122,6 +125,7 @@ class SweepSpec:
     seeds: list[int] | None = None              # None: one trial per configuration (the base train.seed)
     baseline: dict[str, Any] | None = None      # swept key -> value of the baseline configuration
     trial_runner: str = "auto"
+    max_failures: int = 1                       # Tune's restarts of one trial (-1: unlimited)
     listed: list[dict[str, Any]] | None = None  # ``configurations:`` of the file (instead of a grid product)
     _grid_points: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
@@ -484,6 +488,7 @@ def parse_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw=raw,
         seeds=seeds,
         trial_runner=trial_runner,
+        max_failures=_check_int(raw.get("max_failures", 1), "max_failures", -1),
         listed=listed,
     )
     if listed is not None:

@@ -5,6 +5,7 @@ own process (:class:`platform.train.hosts.TuneTrialHost`)."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from typing import Any
 
@@ -17,7 +18,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from codetr.config import to_dict
 from platform.sweep.naming import naming_values, trial_dirname, trial_identity, trial_label, trial_values
 from platform.sweep.spec import trial_config
-from platform.tracking.sweep_runs import CONFIG_ID_TAG, CONFIG_LABEL_TAG, SEED_TAG, end_child, open_child_run
+from platform.tracking.sweep_runs import (CONFIG_ID_TAG, CONFIG_LABEL_TAG, HOST_TAG, PID_TAG, SEED_TAG, end_child,
+                                          open_child_run)
 from platform.train.hosts import TuneTrialHost
 from platform.train.records import RunData, log_run_inputs
 from platform.train.trainer import build_trainer
@@ -45,8 +47,9 @@ def run_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     cfg.platform.experiment_name = context["experiment_name"]
     tracking_uri = context["tracking_uri"]
 
+    # the trial's process (an inline trial trains in it): what `kill` or a lost node takes away
     identity_tags = {CONFIG_ID_TAG: config_id or trial_id, CONFIG_LABEL_TAG: trial_label(values),
-                     SEED_TAG: str(cfg.train.seed)}
+                     SEED_TAG: str(cfg.train.seed), PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     run_id, resumed = open_child_run(tracking_uri, context["experiment_name"], context["parent_run_id"], trial_id,
                                      run_name, trial_label(named), values, context["sweep_name"],
                                      extra_tags={**context.get("source_tags", {}), **identity_tags,

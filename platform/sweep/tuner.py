@@ -55,15 +55,19 @@ def param_space(spec) -> dict[str, Any]:
     return space
 
 
-def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool, num_to_keep: int = 2):
+def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool, num_to_keep: int = 2,
+                retry_failed: bool = False):
+    """A new sweep's ``Tuner``, or (``resume``) the restored one: unfinished trials continue from their
+    latest checkpoints; ``retry_failed`` also resumes the trials that were given up (errored), from their
+    latest checkpoints (from the start without one); finished trials are kept as they are."""
     path = f"{spec.storage_path.rstrip('/')}/{spec.name}"
     if resume:
         return tune.Tuner.restore(path, trainable=trainable(context), param_space=param_space(spec),
-                                  resume_unfinished=True, resume_errored=False, restart_errored=False)
+                                  resume_unfinished=True, resume_errored=retry_failed, restart_errored=False)
     # Tune's trial tables are the sweep's progress display: its default level, every result with --verbose
     # checkpoint_config: the checkpoints of inline trials, kept by Tune in their trial folders
     run_config = tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=callbacks,
-                                failure_config=tune.FailureConfig(max_failures=0), verbose=2 if is_verbose() else 1,
+                                failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=2 if is_verbose() else 1,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=num_to_keep))
     return tune.Tuner(trainable(context), param_space=param_space(spec), tune_config=build_tune_config(spec),
                       run_config=run_config)

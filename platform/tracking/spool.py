@@ -50,6 +50,9 @@ def upload_command(folder: str | Path, tracking_uri: str) -> str:
     return f"python -m platform.runs upload {folder} --tracking-uri {tracking_uri}"
 
 
+SQLITE_SERVER_HINT = "mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000"
+
+
 def is_transient(error: BaseException) -> bool:
     """True for failures that may pass (the store is unreachable or busy), False for a real bad request."""
     if isinstance(error, MlflowException):
@@ -224,6 +227,9 @@ class SpoolingRunLogger(RunLogger):
         first_line = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         _say(f"[platform] MLflow unreachable ({first_line}); training goes on, logging to the spool "
              f"{self.spool.folder}, retrying every {FIRST_RETRY_S:.0f}-{MAX_RETRY_S:.0f} s")
+        if "database is locked" in str(error):   # a sqlite file takes one writer at a time
+            _say(f"[platform] the sqlite store is busy with another writer: for many runs at once, serve it with "
+                 f"an MLflow server (`{SQLITE_SERVER_HINT}`) and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
         self.spooling = True
         self.retry_at = self.clock() + self.retry_s
 

@@ -10,7 +10,8 @@ config artifact as a single run; the Ray Train workers log metrics and artifacts
 Who ends a child run: the trial function marks it FINISHED (``sweep.end = finished``) when its
 training completes; the sweep driver's Tune callback (:mod:`platform.sweep.run_status`) ends the
 trials that ASHA stops (KILLED, ``stopped_early``), that fail (FAILED) or that an interrupted sweep
-leaves running (KILLED, ``interrupted``).
+leaves running (KILLED, ``interrupted``). A trial that Tune restarts keeps its run RUNNING
+(``sweep.end = restarting``, ``sweep.failures``) and continues it.
 """
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ END_TAG = "sweep.end"          # finished | max_epochs | stopped_early | failed 
 CONFIG_ID_TAG = "sweep.config_id"   # the trial's configuration (c1, c2, ...: its repeats share it)
 CONFIG_LABEL_TAG = "sweep.config"   # the configuration's swept values, readable (no seed)
 SEED_TAG = "sweep.seed"             # the trial's train.seed
+CHECKPOINT_TAG = "sweep.checkpoint"  # the trial's newest checkpoint Tune registered (the driver sets it)
+FAILURES_TAG = "sweep.failures"      # how often the trial failed (Tune restarts it up to max_failures)
+LAST_FAILURE_TAG = "sweep.last_failure"
+PID_TAG, HOST_TAG = "sweep.trial_pid", "sweep.trial_host"   # the process running the trial (inline: training)
+INCOMPLETE_TAG = "sweep.incomplete"  # parent: "true" while trials were given up
+FAILED_TRIALS_TAG = "sweep.failed_trials"   # parent: the given-up trials' names
 RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 
 

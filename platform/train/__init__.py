@@ -4,6 +4,7 @@
 - :mod:`.session`: the driver's steps in order: config, data, MLflow run, trainer, model, end, summary
 - :mod:`.records`: what a run records at its start and end (data, params, config, the model); sweeps reuse it
 - :mod:`.trainer`: the Ray Train ``TorchTrainer`` of a run and fitting it interruptibly
+- :mod:`.rendezvous`: the workers' torch.distributed rendezvous, on 127.0.0.1 for a local cluster
 - :mod:`.worker`: the per-worker training function (datasets, model, checkpoint, :class:`codetr.engine.TrainLoop`)
 - :mod:`.reporter`: the worker's hooks: MLflow metrics and artifacts, progress lines, Ray reports
 - :mod:`.hosts`: where a worker gets its rank, device, checkpoint and report (Ray Train or a Tune trial)

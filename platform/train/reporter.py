@@ -12,11 +12,19 @@ from typing import Any
 import torch
 
 from codetr.engine import CHECKPOINT_FILE
+from codetr.errors import CheckpointWriteError, describe_os_error
+from platform.core.diagnostic_plots import error_analysis_figures, plot_iof_iob
 from platform.core.visualize import close_figure, draw_detections, plot_loss_curves, save_png
 
 PROGRESS_PREFIX = "[train]"
-EVAL_PREFIXES = ("coco/", "lvis/")      # the evaluators' metrics (COCOeval; LVIS for data.format lvis)
+# the evaluators' metrics (COCOeval; LVIS for data.format lvis), each auxiliary branch's, the diagnostics, the error analysis
+EVAL_PREFIXES = ("coco/", "lvis/", "branch/", "diag/", "errors/")
 HEADLINE_METRICS = ("coco/AP", "coco/AP50", "coco/AP75", "lvis/AP", "lvis/APr", "lvis/APc", "lvis/APf")
+
+
+def is_branch_headline(key: str) -> bool:
+    """``branch/<head>/coco/AP`` (or ``.../lvis/AP``): an auxiliary branch's own AP, printed beside the query head's."""
+    return key.startswith("branch/") and key.endswith(("/coco/AP", "/lvis/AP"))
 
 
 def say(line: str) -> None:
@@ -55,10 +63,11 @@ def record_restart(logger, iteration: int, source: str) -> int:
 def train_report(epoch: int, iteration: int, finished: bool, metrics: dict[str, float],
                  placement_group_id: str | None = None) -> dict[str, Any]:
     """What ``ray.train.report`` gets after an epoch (Tune schedulers and Ray's result see it): the
-    position, the headline metrics (not the per-class APs) and the workers' placement group."""
+    position, the headline metrics (not the per-class APs; each branch's AP, the diagnostics) and the workers'
+    placement group."""
     out: dict[str, Any] = {"epoch": epoch, "iteration": iteration, "finished": finished}
     out.update({k: v for k, v in metrics.items()
-                if (k.startswith(EVAL_PREFIXES) and k.count("/") == 1) or k == "train/loss"})
+                if (k.startswith(EVAL_PREFIXES) and k.count("/") == 1) or is_branch_headline(k) or k == "train/loss"})
     if placement_group_id is not None:   # a sweep releases the group of a trial it stops (platform.sweep.resources)
         out["placement_group_id"] = placement_group_id
     return out
@@ -83,13 +92,24 @@ class Reporter:
         if self.rank == 0:
             coco = {k: v for k, v in report.metrics.items() if k.startswith(EVAL_PREFIXES)}
             if report.evaluated and coco:
-                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items() if k in HEADLINE_METRICS)
+                line = "  ".join(f"{k.removeprefix('coco/')} {v:.4f}" for k, v in coco.items()
+                                 if k in HEADLINE_METRICS or is_branch_headline(k))
                 say(f"{PROGRESS_PREFIX} {self.run_name}  eval after epoch {report.epoch} "
                     f"(iter {report.iteration}): {line}")
             if self.logger is not None:
                 self._log_epoch(report, coco)
-        self.session.report(train_report(report.epoch, report.iteration, report.finished, report.metrics,
-                                         self.session.placement_group_id()), report.checkpoint_dir)
+        try:
+            self.session.report(train_report(report.epoch, report.iteration, report.finished, report.metrics,
+                                             self.session.placement_group_id()), report.checkpoint_dir)
+        except CheckpointWriteError:
+            raise
+        except OSError as e:
+            if report.checkpoint_dir is None:
+                raise
+            # Ray could not persist the checkpoint into the run's storage (no space left, read-only): its
+            # previous checkpoint stays the run's latest, where a resume continues
+            raise CheckpointWriteError(f"{self.cfg.platform.storage_path}/{self.run_name}",
+                                       describe_os_error(e)) from e
 
     def _log_epoch(self, report, coco: dict[str, float]) -> None:
         step = report.iteration
@@ -97,6 +117,20 @@ class Reporter:
             self.logger.log_metrics(coco, step=step)
         if report.eval_summary:
             self.logger.log_text(report.eval_summary, f"eval/coco_summary_iter{step:07d}.txt")
+        curve = (report.eval_details or {}).get("encoder_iof_iob")
+        if curve is not None:
+            fig = plot_iof_iob(curve, coco.get("diag/encoder_iof_iob_auc"), title=f"{self.run_name}  iteration {step}")
+            try:
+                self.logger.log_figure(fig, f"diagnostics/encoder_iof_iob_iter{step:07d}.png")
+            finally:
+                close_figure(fig)
+        analysis = (report.eval_details or {}).get("errors")
+        if analysis is not None:    # the final evaluation's error analysis (eval.error_analysis)
+            for name, fig in error_analysis_figures(analysis, coco, title=f"{self.run_name}  iteration {step}").items():
+                try:
+                    self.logger.log_figure(fig, f"errors/{name}")
+                finally:
+                    close_figure(fig)
         costs = {k: report.metrics[k] for k, now in (("time/eval_s", report.evaluated),
                                                       ("time/checkpoint_s", report.checkpoint_dir is not None))
                  if now and k in report.metrics}

@@ -5,11 +5,12 @@ import os
 import threading
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from codetr.config import Config
 from platform.core.console import train_logging_config
 from platform.train.failures import WORKER_GROUP_START_TIMEOUT_ENV
+from platform.train.rendezvous import RendezvousConfig
 from platform.train.worker import train_loop_per_worker
 
 
@@ -19,7 +20,8 @@ def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list
 
     Each (re)start of the workers waits at most ``platform.resource_wait_s`` for their resources,
     then the run fails (Ray Train's default: 60 s, then again, forever). ``queue_for_capacity``
-    (a sweep's trials, which queue for each other's CPUs / GPUs) keeps Ray Train's retries.
+    (a sweep's trials, which queue for each other's CPUs / GPUs) keeps Ray Train's retries. On a local
+    cluster the workers' process group meets on 127.0.0.1 (:mod:`platform.train.rendezvous`).
     """
     p = cfg.platform
     if not queue_for_capacity:   # read by Ray Train from the driver's environment
@@ -39,7 +41,7 @@ def build_trainer(cfg: Config, loop_config: dict, run_name: str, callbacks: list
         logging_config=train_logging_config(),
     )
     return TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
-                        run_config=run_config, torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"))
+                        run_config=run_config, torch_config=RendezvousConfig(backend="nccl" if p.use_gpu else "gloo"))
 
 
 def fit_interruptibly(trainer):

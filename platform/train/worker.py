@@ -39,7 +39,9 @@ from codetr.engine import (LoopHooks, TrainLoop, build_lr_scheduler, build_optim
                            optimizer_steps_per_epoch, restore_rng_state, seed_everything)
 from codetr.engine.dist import all_gather_objects
 from codetr.engine.init_from import apply_init_from
-from codetr.evaluation import build_evaluator
+from codetr.engine.checkpoint import unwrap_model
+from codetr.evaluation.diagnostics import MatchHistory
+from codetr.evaluation.suite import build_suite
 from platform.core import console
 from platform.core.checkpoints import load_with_fallback
 from platform.tracking import mlflow_runs
@@ -204,11 +206,14 @@ def _build_and_restore(cfg: Config, config: dict[str, Any], host, data: WorkerDa
 
 def _make_loop(cfg: Config, data: WorkerData, start: StartPoint, reporter: Reporter, run_id: str | None,
                world_size: int) -> TrainLoop:
-    """The engine's :class:`codetr.engine.TrainLoop`, reporting through ``reporter``'s hooks."""
+    """The engine's :class:`codetr.engine.TrainLoop`, reporting through ``reporter``'s hooks. Every evaluation
+    is a suite (:mod:`codetr.evaluation.suite`: the query head, each auxiliary branch, the diagnostics);
+    the matchings of the last one are kept for the next (``diag/instability``)."""
+    history, aux_keys = MatchHistory(), list(getattr(unwrap_model(start.model), "aux_keys", []))
     return TrainLoop(
         start.model, start.optimizer, start.scheduler, data.train_loader, cfg, device=start.device,
         iters_per_epoch=data.iters_per_epoch, val_loader=data.val_loader,
-        make_evaluator=lambda: build_evaluator(data.val_ds, cfg.data.lvis_max_dets),
+        make_evaluator=lambda: build_suite(data.val_ds, cfg, aux_keys, history),
         hooks=LoopHooks(on_log=reporter.on_log, on_epoch_end=reporter.on_epoch_end),
         checkpoint_extra={"num_classes": data.train_ds.num_classes,
                           "category_names": list(data.train_ds.category_names),

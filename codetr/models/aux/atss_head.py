@@ -23,6 +23,7 @@ from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_tow
                                     init_conv_head, positive_normaliser, reduce_mean, targets_to_device)
 from codetr.models.aux.box_coder import DeltaXYWHCoder
 from codetr.models.aux.positives import Candidates
+from codetr.models.aux.predict import ONE_STAGE_TEST, BranchTestConfig, dense_detections, per_image_maps
 from codetr.models.precision import full_dtype, upcast
 
 
@@ -139,3 +140,26 @@ class ATSSHead(AuxHead):
         boxes_xyxy = torch.where(valid[..., None], anchors_xyxy[None], torch.zeros_like(anchors_xyxy)[None])
         candidates = Candidates(boxes_xyxy, labels, targets_xyxy, feats=flatten_levels(feats, feats[0].shape[1]))
         return losses, candidates
+
+    @torch.no_grad()
+    def predict(self, feats: list[Tensor], image_sizes: list[tuple[int, int]],
+                cfg: BranchTestConfig = ONE_STAGE_TEST) -> list[dict[str, Tensor]]:
+        """This branch's own detections (:mod:`codetr.models.aux.predict`): scores x centerness, class-wise NMS."""
+        feats = list(feats)[:len(self.strides)]
+        return self.detections(self(feats), [tuple(f.shape[-2:]) for f in feats], image_sizes, cfg)
+
+    @torch.no_grad()
+    def detections(self, outputs: tuple, featmap_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
+                   cfg: BranchTestConfig = ONE_STAGE_TEST) -> list[dict[str, Tensor]]:
+        """Per-image detections from :meth:`forward`'s outputs on maps of ``featmap_sizes``."""
+        cls_scores, bbox_preds, centernesses = outputs
+        sizes = featmap_sizes
+        anchors = self.anchor_generator.grid_anchors(sizes, dtype=outputs[1][0].dtype, device=outputs[1][0].device)
+        results = []
+        for i, size in enumerate(image_sizes):
+            scores = [s.sigmoid() for s in per_image_maps(cls_scores, i, self.num_classes)]
+            deltas = per_image_maps(bbox_preds, i, 4)
+            factors = [c.sigmoid()[:, 0] for c in per_image_maps(centernesses, i, 1)]
+            decoders = [lambda loc, a=a, d=d: self.coder.decode(a[loc], d[loc]) for a, d in zip(anchors, deltas)]
+            results.append(dense_detections(scores, decoders, factors, size, cfg))
+        return results

@@ -16,6 +16,7 @@ from torch import Tensor
 from codetr.config.aux_schema import FasterRCNNConfig
 from codetr.models.aux.base import PYRAMID_STRIDES, AuxHead, targets_to_device
 from codetr.models.aux.positives import Candidates
+from codetr.models.aux.predict import TWO_STAGE_TEST, BranchTestConfig, class_nms, level_topk
 from codetr.models.aux.roi_head import RoIHead
 from codetr.models.aux.rpn import RPNHead
 from codetr.models.precision import full_dtype
@@ -72,3 +73,44 @@ class FasterRCNNHead(AuxHead):
         keep = slot_valid & (torch.arange(s, device=device)[None] < common)
         cand_labels = torch.where(keep, labels, torch.full_like(labels, -1))
         return losses, Candidates(rois, cand_labels, roi_targets, feats=pooled)
+
+    @torch.no_grad()
+    def predict(self, feats: list[Tensor], image_sizes: list[tuple[int, int]],
+                cfg: BranchTestConfig = TWO_STAGE_TEST) -> list[dict[str, Tensor]]:
+        """This branch's own detections (:mod:`codetr.models.aux.predict`): RPN proposals, the RoI head's
+        softmax scores and class-specific boxes, class-wise NMS."""
+        feats = list(feats)[:len(self.strides)]
+        device = feats[0].device
+        sizes = [tuple(f.shape[-2:]) for f in feats]
+        rpn_out = self.rpn(feats)
+        level_anchors = self.rpn.anchor_generator.grid_anchors(sizes, dtype=full_dtype(feats[0]), device=device)
+        # the test settings, never more proposals than the config trains with (a reduced recipe stays cheap)
+        proposals = self.rpn.proposals(rpn_out, level_anchors, image_sizes,
+                                       pre_nms_top_n=min(cfg.nms_pre, self.cfg.rpn_pre_nms_top_n),
+                                       post_nms_top_n=min(cfg.rpn_max_per_img, self.cfg.rpn_post_nms_top_n),
+                                       nms_thresh=cfg.rpn_nms_iou)
+        s = max(max(p.shape[0] for p in proposals), 1)
+        rois = torch.zeros(len(proposals), s, 4, dtype=full_dtype(feats[0]), device=device)
+        for i, p in enumerate(proposals):
+            rois[i, :p.shape[0]] = p
+        cls_logits, deltas = self.roi_head(self.roi_head.roi_features(feats[:-1], rois))
+        return self.roi_detections(proposals, cls_logits.reshape(len(proposals), s, -1),
+                                   deltas.reshape(len(proposals), s, -1), image_sizes, cfg)
+
+    @torch.no_grad()
+    def roi_detections(self, proposals: list[Tensor], cls_logits: Tensor, deltas: Tensor,
+                       image_sizes: list[tuple[int, int]], cfg: BranchTestConfig = TWO_STAGE_TEST
+                       ) -> list[dict[str, Tensor]]:
+        """Per image: proposals [n_i, 4] with the RoI head's outputs cls_logits [B, S >= n_i, K + 1] and
+        class-specific deltas [B, S, 4 K] -> detections (softmax, background dropped, class-wise NMS)."""
+        k = self.roi_head.num_classes
+        scores = cls_logits.float().softmax(-1)[..., :k]
+        deltas = deltas.reshape(deltas.shape[0], deltas.shape[1], k, 4)
+        results = []
+        for i, (p, (h, w)) in enumerate(zip(proposals, image_sizes)):
+            n = p.shape[0]
+            value, loc, label = level_topk(scores[i, :n], cfg.score_thr, n * k)
+            max_hw = torch.tensor([h, w], dtype=p.dtype, device=p.device)
+            boxes = self.roi_head.coder.decode(p[loc], deltas[i, loc, label].to(p.dtype), max_hw=max_hw)
+            results.append(class_nms(boxes, value, label, cfg.nms_iou, cfg.max_per_img))
+        return results

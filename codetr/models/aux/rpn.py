@@ -89,9 +89,16 @@ class RPNHead(nn.Module):
 
     @torch.no_grad()
     def proposals(self, outputs: tuple[list[Tensor], list[Tensor]], level_anchors_xyxy: Sequence[Tensor],
-                  image_sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
-        """Per image [n_i <= rpn_post_nms_top_n, 4] proposals_xyxy (detached), best first."""
+                  image_sizes: Sequence[tuple[int, int]], *, pre_nms_top_n: int | None = None,
+                  post_nms_top_n: int | None = None, nms_thresh: float | None = None) -> list[Tensor]:
+        """Per image [n_i <= rpn_post_nms_top_n, 4] proposals_xyxy (detached), best first.
+
+        ``pre_nms_top_n`` / ``post_nms_top_n`` / ``nms_thresh``: the test-time settings, when they differ
+        from the training ones of the config."""
         c = self.cfg
+        pre_nms_top_n = c.rpn_pre_nms_top_n if pre_nms_top_n is None else pre_nms_top_n
+        post_nms_top_n = c.rpn_post_nms_top_n if post_nms_top_n is None else post_nms_top_n
+        nms_thresh = c.rpn_nms_thresh if nms_thresh is None else nms_thresh
         logits_l, deltas_l = outputs
         b = logits_l[0].shape[0]
         max_hw = torch.tensor(image_sizes, dtype=logits_l[0].dtype, device=logits_l[0].device)[:, None, :]  # [B, 1, 2]
@@ -99,7 +106,7 @@ class RPNHead(nn.Module):
         for level, (logit, delta, anchors) in enumerate(zip(logits_l, deltas_l, level_anchors_xyxy)):
             score = logit.permute(0, 2, 3, 1).reshape(b, -1).sigmoid()             # [B, N_l]
             delta = delta.permute(0, 2, 3, 1).reshape(b, -1, 4)                    # [B, N_l, 4]
-            k = min(c.rpn_pre_nms_top_n, score.shape[1])
+            k = min(pre_nms_top_n, score.shape[1])
             score, idx = score.topk(k, dim=1)
             scores.append(score)
             boxes.append(self.coder.decode(anchors[idx], delta.gather(1, idx[..., None].expand(-1, -1, 4)),
@@ -112,7 +119,7 @@ class RPNHead(nn.Module):
         keep = (wh > c.rpn_min_box_size).all(-1)                                   # [B, M]
         counts = keep.sum(1).tolist()                                              # the one host sync
         per_image = zip(boxes_t[keep].split(counts), scores_t[keep].split(counts), levels_t[keep].split(counts))
-        return [level_nms_top_n(bx, sc, lv, c.rpn_nms_thresh, c.rpn_post_nms_top_n) for bx, sc, lv in per_image]
+        return [level_nms_top_n(bx, sc, lv, nms_thresh, post_nms_top_n) for bx, sc, lv in per_image]
 
 
 @torch.no_grad()

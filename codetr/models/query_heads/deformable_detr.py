@@ -20,6 +20,7 @@ from codetr.models.position_encoding import SinePositionalEncoding, box_position
 from codetr.models.deformable_attention import MultiScaleDeformableAttention
 from codetr.models.precision import upcast
 from codetr.models.transformer import DeformableDecoder, DeformableEncoder, MemoryContext
+from codetr.ops.ms_deform_attn_dispatch import building_a_graph
 
 if TYPE_CHECKING:
     from codetr.models.query_heads.denoising import DenoisingQueries
@@ -34,6 +35,19 @@ class QueryHeadOutput:
     pyramid: list[Tensor] | None  # 5 maps [bs, embed_dims, H_l, W_l], strides 8..128 (aux heads' input; train only, DINO: eval too)
     ctx: MemoryContext | None     # encoder memory, for the positive-query decoder passes (train only)
     dn: "DenoisingQueries | None" = None  # DINO: the denoising queries at the front of logits / boxes (train only)
+
+
+def memory_pyramid(memory: Tensor, spatial_shapes: list[tuple[int, int]], downsample: nn.Module | None) -> list[Tensor]:
+    """The encoder memory [bs, sum h*w, d] back into maps [bs, d, h, w], plus the stride-128 map of the
+    auxiliary heads' pyramid when ``downsample`` is given."""
+    bs, _, d = memory.shape
+    pyramid, start = [], 0
+    for h, w in spatial_shapes:
+        pyramid.append(memory[:, start:start + h * w].transpose(1, 2).reshape(bs, d, h, w))
+        start += h * w
+    if downsample is not None:
+        pyramid.append(downsample(pyramid[-1]))
+    return pyramid
 
 
 class MLP(nn.Module):
@@ -58,6 +72,10 @@ def select_valid_topk(scores: Tensor, invalid: Tensor, k: int) -> Tensor:
     it is, so that ties break exactly as in the official code; only otherwise are the invalid
     positions masked and the top-k taken again.
     """
+    if building_a_graph():
+        # a trace keeps only the branch its example input took: the masked top-k picks the same positions
+        # in both cases (when the plain top-k picks only valid positions, the masked one picks them too)
+        return scores.masked_fill(invalid, float("-inf")).topk(k, dim=1).indices
     topk = scores.topk(k, dim=1).indices
     if bool(invalid.gather(1, topk).any()):
         topk = scores.masked_fill(invalid, float("-inf")).topk(k, dim=1).indices
@@ -87,15 +105,15 @@ def encoder_proposals(memory: Tensor, padding_mask: Tensor, spatial_shapes: list
         mask_l = padding_mask[:, start:start + h * w].view(bs, h, w)
         valid_h = (~mask_l[:, :, 0]).sum(1)
         valid_w = (~mask_l[:, 0, :]).sum(1)
-        grid_y, grid_x = torch.meshgrid(
-            torch.linspace(0, h - 1, h, dtype=torch.float32, device=memory.device),
-            torch.linspace(0, w - 1, w, dtype=torch.float32, device=memory.device), indexing="ij")
+        # arange (= linspace(0, h - 1, h)): its length follows a traced size in an ONNX export
+        grid_y, grid_x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=memory.device),
+                                        torch.arange(w, dtype=torch.float32, device=memory.device), indexing="ij")
         grid = torch.stack([grid_x, grid_y], -1)  # [h, w, 2]
         scale = torch.stack([valid_w, valid_h], -1).view(bs, 1, 1, 2).float()
         grid = (grid[None] + 0.5) / scale  # [bs, h, w, 2]
         wh = torch.full_like(grid, 0.05 * (2.0 ** level))
         proposals.append(torch.cat([grid, wh], -1).view(bs, -1, 4))
-        start += h * w
+        start = start + h * w
     proposals = torch.cat(proposals, 1)
     valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
     proposals_unact = torch.log(proposals / (1 - proposals))
@@ -199,11 +217,13 @@ class QueryHead(nn.Module):
             del self.pos_feats_trans, self.pos_feats_norm, self.head_pos_embed
             self.with_coord_feat = False
 
-    def forward(self, feats: list[Tensor], masks: list[Tensor]) -> QueryHeadOutput:
+    def forward(self, feats: list[Tensor], masks: list[Tensor], *, keep_pyramid: bool = False) -> QueryHeadOutput:
         """
         Args:
             feats: 4 neck maps [bs, embed_dims, H_l, W_l] (strides 8..64).
             masks: 4 masks [bs, H_l, W_l], True = padding.
+            keep_pyramid: in eval mode too, return the encoder memory as maps (``pyramid``: for the
+                auxiliary heads' own detections and the diagnostics).
         """
         bs = feats[0].shape[0]
         spatial_shapes = [(f.shape[2], f.shape[3]) for f in feats]
@@ -231,17 +251,12 @@ class QueryHead(nn.Module):
         logits, boxes = self.decoder(query, query_pos, topk_boxes_unact.sigmoid(), ctx,
                                      self.cls_branches, self.reg_branches)
         if not self.training:
-            return QueryHeadOutput(logits, boxes, None, None, None, None)
+            pyramid = memory_pyramid(memory, spatial_shapes, self.downsample) if keep_pyramid else None
+            return QueryHeadOutput(logits, boxes, None, None, pyramid, None)
         if self.downsample is None:  # no auxiliary heads
             return QueryHeadOutput(logits, boxes, enc_logits, enc_boxes_unact.sigmoid(), None, ctx)
         # the encoder memory back into maps, plus one stride-128 map: the auxiliary heads' pyramid
-        pyramid = []
-        start = 0
-        for h, w in spatial_shapes:
-            # [bs, h*w, d] -> [bs, d, h, w]
-            pyramid.append(memory[:, start:start + h * w].transpose(1, 2).reshape(bs, self.embed_dims, h, w))
-            start += h * w
-        pyramid.append(self.downsample(pyramid[-1]))
+        pyramid = memory_pyramid(memory, spatial_shapes, self.downsample)
         return QueryHeadOutput(logits, boxes, enc_logits, enc_boxes_unact.sigmoid(), pyramid, ctx)
 
     def positive_branch_parameters(self, head_idx: int) -> list[nn.Parameter]:

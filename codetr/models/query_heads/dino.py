@@ -28,7 +28,8 @@ from codetr.models.deformable_attention import MultiScaleDeformableAttention
 from codetr.models.query_heads.denoising import DenoisingQueries
 from codetr.models.precision import full_dtype, upcast
 from codetr.models.position_encoding import SinePositionalEncoding, box_position_embedding
-from codetr.models.query_heads.deformable_detr import MLP, QueryHeadOutput, encoder_proposals, select_valid_topk, valid_ratios_of
+from codetr.models.query_heads.deformable_detr import (MLP, QueryHeadOutput, encoder_proposals, memory_pyramid,
+                                                      select_valid_topk, valid_ratios_of)
 from codetr.models.transformer import DecoderLayer, DeformableEncoder, MemoryContext
 
 REF_EPS = 1e-3   # inverse_sigmoid eps of DINO's box refinement
@@ -161,9 +162,11 @@ class DINOQueryHead(nn.Module):
             boxes.append((upcast(self.reg_branches[lid](states[lid])) + inverse_sigmoid(references[lid], eps=REF_EPS)).sigmoid())
         return torch.stack(logits), torch.stack(boxes)
 
-    def forward(self, feats: list[Tensor], masks: list[Tensor], dn: DenoisingQueries | None = None) -> QueryHeadOutput:
+    def forward(self, feats: list[Tensor], masks: list[Tensor], dn: DenoisingQueries | None = None, *,
+                keep_pyramid: bool = False) -> QueryHeadOutput:
         """feats / masks: the neck's maps [bs, d, H_l, W_l] and padding masks; ``dn``: denoising queries
-        (training). The outputs hold ``dn.pad_size`` denoising queries first, then the matching ones."""
+        (training). The outputs hold ``dn.pad_size`` denoising queries first, then the matching ones.
+        ``keep_pyramid``: in eval mode too, return the encoder memory as maps."""
         bs = feats[0].shape[0]
         spatial_shapes = [(f.shape[2], f.shape[3]) for f in feats]
         # [bs, d, h, w] -> [bs, h*w, d] per level, concatenated
@@ -199,14 +202,10 @@ class DINOQueryHead(nn.Module):
         # the encoder memory as maps plus the stride-128 level (the aux heads' input): also in eval mode,
         # where it costs one small convolution (the levels are views of the memory), so that the memory can
         # be inspected and compared stage by stage; the deployable model (no downsample) returns none
+        # unless ``keep_pyramid`` asks for the encoder's levels
         pyramid = None
-        if self.downsample is not None:
-            pyramid, start = [], 0
-            for h, w in spatial_shapes:
-                # [bs, h*w, d] -> [bs, d, h, w] (a view)
-                pyramid.append(memory[:, start:start + h * w].transpose(1, 2).reshape(bs, self.embed_dims, h, w))
-                start += h * w
-            pyramid.append(self.downsample(pyramid[-1]))
+        if self.downsample is not None or (keep_pyramid and not self.training):
+            pyramid = memory_pyramid(memory, spatial_shapes, self.downsample)
         if not self.training:
             return QueryHeadOutput(logits, boxes, None, None, pyramid, None)
         return QueryHeadOutput(logits, boxes, topk_logits, topk_boxes_unact.sigmoid(), pyramid, ctx, dn)

@@ -11,7 +11,8 @@ import pytest
 
 from platform.analysis.paper_ablations import PAPER_TABLES
 from platform.analysis.report import compare_with_paper, row_matches, verdict_lines
-from platform.analysis.comparisons import configurations_table, effects_table, sweep_statistics
+from platform.analysis.comparisons import (configurations_table, effects_table, lost_note, statistics_markdown,
+                                           sweep_statistics)
 from platform.analysis.stats import Configuration, differ_only_in, key_effects, paired_difference, t_critical, t_interval
 from platform.analysis.rows import TrialRow
 
@@ -118,13 +119,43 @@ def test_sweep_statistics_tables_from_trial_rows():
     assert [c.config_id for c in stats.configs] == ["c1", "c2", "c3"]
     assert stats.intervals["c1"].n == 3                  # the failed seed-3 trial does not count
     header, body = configurations_table(stats)
-    assert header[:3] == ["config", HEADS, L1] and header[-3:] == ["diff vs c1 (paired)", "95% CI of diff", "excludes 0"]
+    assert header[:3] == ["config", HEADS, L1]
+    assert header[-4:] == ["diff vs c1 (paired)", "95% CI of diff", "excludes 0", "incomplete"]
     assert body[0][:7] == ["c1 (baseline)", "[]", "-", "3", "0.1100", "0.0100", "[0.0852, 0.1348]"]
     # c2 - c1 per seed: 0.10, 0.13, 0.10: mean 0.11, s = 0.0173205, half = 4.302653 * 0.01 = 0.0430265
-    assert body[1][-3:] == ["0.1100", "[0.0670, 0.1530]", "yes"]
+    assert body[1][-4:] == ["0.1100", "[0.0670, 0.1530]", "yes", ""]   # c2 never ran seed 3: nothing lost
+    assert body[0][-1] == "seed(s) [3] lost"
     header, body = effects_table(stats)
     assert body[0][:5] == [HEADS, "[atss]", "[]", "2", "3"] and body[0][5] == "0.1000"
     assert body[1][:4] == [L1, "0.5", "1", "1"]          # reference: the first value seen (the baseline has none)
+
+
+def test_comparisons_that_lost_their_baseline_or_a_seed_are_marked():
+    configs = _one_factor_configs()
+    rows = _rows(configs)
+    lost_base = next(r for r in rows if r.config_id == "c1" and r.seed == 1)
+    lost_base.status, lost_base.end, lost_base.metric = "FAILED", "failed", None
+    lost_own = next(r for r in rows if r.config_id == "c3" and r.seed == 2)
+    lost_own.status, lost_own.end, lost_own.metric = "FAILED", "failed", None
+    stats = sweep_statistics(rows, [HEADS, L1], "coco/AP", baseline_id="c1")
+    assert stats.lost == {"c1": [1], "c3": [2]}
+    assert stats.versus_baseline["c2"].seeds == (0, 2)          # seed 1 left the pairing
+    assert lost_note(stats, "c2") == "baseline c1 lost seed(s) [1]"
+    assert lost_note(stats, "c3") == "seed(s) [2] lost; baseline c1 lost seed(s) [1]"
+    header, body = configurations_table(stats)
+    assert header[-1] == "incomplete" and [b[-1] for b in body] == [
+        "seed(s) [1] lost", "baseline c1 lost seed(s) [1]", "seed(s) [2] lost; baseline c1 lost seed(s) [1]"]
+    text = statistics_markdown(stats)
+    assert "**Incomplete: trials without a final value (c1 seed(s) [1], c3 seed(s) [2]).**" in text
+    # the whole baseline gone: every comparison says so
+    for r in rows:
+        if r.config_id == "c1":
+            r.status, r.end, r.metric = "FAILED", "failed", None
+    stats = sweep_statistics(rows, [HEADS, L1], "coco/AP", baseline_id="c1")
+    assert stats.versus_baseline["c2"] is None
+    assert lost_note(stats, "c2") == "baseline c1 lost"
+    # a sweep that lost nothing keeps its table as it was
+    assert "incomplete" not in configurations_table(sweep_statistics(_rows(configs), [HEADS, L1], "coco/AP"))[0]
 
 
 def test_the_report_matches_paper_rows_and_judges_direction():

@@ -178,15 +178,19 @@ def test_interrupted_sweep_resumes(head):
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         client = None
         deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:   # interrupt once a trial has a checkpoint
-            time.sleep(3)
+        checkpointed = set()
+        while time.time() < deadline and proc.poll() is None:   # interrupt once a running trial has a checkpoint
+            time.sleep(0.5)
             try:
                 client, parent, children = _parent_and_children(tracking_uri, "resume")
             except Exception:
                 continue
-            # the driver holds a checkpoint of the trial (the result that carried it is processed, so the
-            # experiment state saved at the interrupt restarts the trial from it)
-            if any(c.data.tags.get("sweep.checkpoint") for c in children):
+            # a checkpoint Tune registered (the driver names it in the child run) of a trial still running:
+            # `train/epochs_done` is logged before the checkpoint reaches the driver, and with one trial at a
+            # time the first may be done while the second has none yet; either restarts from scratch
+            checkpointed = {c.info.run_id for c in children
+                            if c.info.status == "RUNNING" and c.data.tags.get("sweep.checkpoint")}
+            if checkpointed:
                 break
         assert proc.poll() is None, f"the sweep ended before it could be interrupted:\n{log.read_text()[-6000:]}"
         proc.send_signal(signal.SIGINT)
@@ -209,8 +213,9 @@ def test_interrupted_sweep_resumes(head):
     assert {c.data.tags["sweep.end"] for c in children_after} == {"finished"}, output
     for child in children_after:
         assert child.data.metrics["train/epochs_done"] == 2
-        if child.info.run_id in interrupted:   # the same MLflow run, continued from its Ray Train checkpoint
+        if child.info.run_id in interrupted & checkpointed:   # the same MLflow run, continued from its checkpoint
             assert child.data.tags.get("platform.resumed_from", "").startswith("ray:"), child.data.tags
+    assert checkpointed & interrupted, (checkpointed, interrupted)
 
 
 def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
@@ -227,16 +232,16 @@ def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
     proc = subprocess.run([sys.executable, "-m", "platform.sweep", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     output = proc.stdout[-8000:] + proc.stderr[-4000:]
-    assert proc.returncode == 0, output
+    assert proc.returncode == 1, output   # an incomplete sweep (tests/platform/sweep/test_faults.py)
     assert "1 of 2 trial(s) failed" in proc.stdout, output
     client, parent, children = _parent_and_children(tracking_uri, "failing")
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FAILED" and parent.data.tags["sweep.incomplete"] == "true"
     by_batch = {json.loads(c.data.tags["sweep.values"])["data.batch_size"]: c for c in children}
     assert (by_batch[4].info.status, by_batch[4].data.tags["sweep.end"]) == ("FINISHED", "finished")
     failed = by_batch[16]
     assert (failed.info.status, failed.data.tags["sweep.end"]) == ("FAILED", "failed"), output
-    assert failed.data.tags["sweep.end_note"].startswith("ValueError: the training set (8 images) gives no full "
-                                                         "batch of 16"), failed.data.tags["sweep.end_note"]
+    assert failed.data.tags["sweep.end_note"].startswith("ValueError: the training set (8 images) gives no optimizer "
+                                                         "step of 1 full batch(es) of 16"), failed.data.tags["sweep.end_note"]
     assert "error/error.txt" in _artifacts(client, failed.info.run_id)
     table = client.download_artifacts(parent.info.run_id, "summary/results.csv", str(workdir))
     rows = Path(table).read_text().splitlines()[1:]

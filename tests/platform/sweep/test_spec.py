@@ -111,6 +111,17 @@ def test_summary_table_is_sorted_as_given_and_formats_values():
     assert to_markdown(header, body).count("\n") == 4
 
 
+def test_summary_table_shows_each_branch_ap_and_the_diagnostics():
+    rows = [TrialRow("K=2", "r2", "FINISHED", "finished", {"model.aux_heads": ["atss", "faster_rcnn"]}, 0.25, 0.3, 4, 32,
+                     {"branch/atss/coco/AP": 0.2, "branch/faster_rcnn/coco/AP": 0.1, "diag/encoder_iof_iob_auc": 0.7},
+                     []),
+            TrialRow("K=0", "r0", "FINISHED", "finished", {"model.aux_heads": []}, 0.2, 0.2, 4, 32,
+                     {"diag/encoder_iof_iob_auc": 0.6}, [])]
+    header, body = table(rows, ["model.aux_heads"], "coco/AP")
+    assert header[-3:] == ["branch/atss/coco/AP", "branch/faster_rcnn/coco/AP", "diag/encoder_iof_iob_auc"]
+    assert body[0][-3:] == ["0.2000", "0.1000", "0.7000"] and body[1][-3:] == ["", "", "0.6000"]
+
+
 def test_grid_runs_combinations_that_differ_only_in_unused_keys_once(tmp_path):
     space = {"model.aux_heads": {"grid": [[], ["atss"], ["faster_rcnn"]]}, "model.lambda2": {"grid": [1.0, 2.0]},
              "model.aux.atss.topk": {"grid": [5, 9]}, "model.num_queries": {"grid": [10, 20]}}
@@ -232,12 +243,21 @@ def test_a_baseline_key_without_effect_in_a_configuration_matches_it(tmp_path):
     ({"baseline": []}, "baseline: must map swept keys to values"),
     ({"trial_runner": "train"}, "trial_runner: 'train' is not one of ['auto', 'ray_train']"),
     ({"seed": [0, 1]}, "unknown sweep field 'seed' (did you mean 'seeds'?)"),
+    ({"max_failures": -2}, "max_failures: must be an integer >= -1, got -2"),
+    ({"max_failures": "2"}, "max_failures: must be an integer >= -1, got '2'"),
+    ({"max_failure": 2}, "unknown sweep field 'max_failure' (did you mean 'max_failures'?)"),
 ])
 def test_bad_repeats_and_baselines_name_the_problem(tmp_path, fields, message):
     fields = {"search_space": HEADS_GRID, **fields}
     with pytest.raises(ConfigError) as info:
         parse_sweep(_write(tmp_path, **fields))
     assert message in str(info.value)
+
+
+def test_max_failures_defaults_to_one_restart_per_trial(tmp_path):
+    assert parse_sweep(_write(tmp_path)).max_failures == 1
+    assert parse_sweep(_write(tmp_path), ["max_failures=0"]).max_failures == 0
+    assert parse_sweep(_write(tmp_path, max_failures=-1)).max_failures == -1
 
 
 def test_single_worker_trials_run_inline_unless_asked_for_ray_train(tmp_path):

@@ -94,6 +94,34 @@ def test_logger_spools_while_the_store_is_away_and_replays_in_order_once(tmp_pat
     assert _steps(real_client, run_id, "train/loss") == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
+def test_a_locked_sqlite_store_is_spooled_and_named_with_the_server_that_takes_many_writers(tmp_path, store, capsys):
+    """Another writer holds the sqlite file (an exclusive transaction of a real sqlite3 connection) for
+    longer than MLflow's sqlite busy timeout (20 s: the test waits that long): the logger's write spools,
+    says why and names ``mlflow server``; once the writer is done the spool replays."""
+    import sqlite3
+
+    uri = store
+    path = uri.removeprefix("sqlite:///")
+    run_id = _new_run(uri)
+    clock = Clock()
+    logger = SpoolingRunLogger(uri, run_id, tmp_path / "spool", clock=clock)
+    logger.log_metrics({"train/loss": 3.0}, step=1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")                   # another process writing the store
+    try:
+        logger.log_metrics({"train/loss": 2.0}, step=2)
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert logger.spooling
+    out = capsys.readouterr().out
+    assert "database is locked" in out and "mlflow server --backend-store-uri sqlite:///mlflow.db" in out, out
+    clock.now += 5.0
+    logger.log_metrics({"train/loss": 1.0}, step=3)
+    assert not logger.spooling and _steps(MlflowClient(uri), run_id, "train/loss") == [1, 2, 3]
+
+
 def test_a_restarted_attempt_does_not_log_a_step_twice(tmp_path, store):
     uri = store
     run_id = _new_run(uri)

@@ -115,6 +115,52 @@ def test_train_leaves_a_complete_mlflow_run(trained):
     assert state["config"]["platform"]["run_name"] == "e2e"
 
 
+def test_run_logs_branch_aps_assignment_statistics_and_diagnostics(trained):
+    """Every auxiliary head's own AP beside the query head's, the assignment counts and the encoder diagnostic
+    (docs/diagnostics.md), one step per evaluation, in the real MLflow store."""
+    workdir, proc = trained
+    client, (run,) = _runs(workdir, "e2e")
+    metrics = run.data.metrics
+    for head in ("atss", "faster_rcnn"):
+        for stat in ("AP", "AP50", "AP75", "AR100"):
+            assert 0.0 <= metrics[f"branch/{head}/coco/{stat}"] <= 1.0, (head, stat)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, f"branch/{head}/coco/AP")] == [4]
+        assert metrics[f"assign/{head}/pos_per_gt"] > 0
+        assert 0.0 <= metrics[f"assign/{head}/gt_without_pos"] <= 1.0
+        assert metrics[f"assign/{head}/pos_queries_per_image"] > 0
+        assert f"{head}/coco/AP" in proc.stdout    # the eval line prints each branch's AP
+    assert not [k for k in metrics if k.startswith("branch/") and k.count("/") > 3]   # no per-class APs per branch
+    assert metrics["assign/query/matched_per_image"] > 0
+    assert 0.0 <= metrics["diag/encoder_iof_iob_auc"] <= 1.0
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "diag/encoder_iof_iob_auc")] == [4]
+    assert "diag/instability" not in metrics      # one evaluation: nothing to compare with yet
+    artifacts = _artifacts(client, run.info.run_id)
+    assert "diagnostics/encoder_iof_iob_iter0000004.png" in artifacts
+    # the final evaluation's error analysis
+    for kind in ("cls", "loc", "both", "dupl", "bkg", "missed"):
+        assert -1.0 <= metrics[f"errors/dAP_{kind}"] <= 1.0 and metrics[f"errors/count_{kind}"] >= 0
+    for name in ("error_breakdown.png", "pr_curves.png", "confusion_matrix.png", "ap_by_size_and_class.png"):
+        assert f"errors/{name}" in artifacts, name
+
+
+def test_analyze_cli_on_a_run_id(trained, tmp_path):
+    workdir, _ = trained
+    client, (run,) = _runs(workdir, "e2e")
+    out = tmp_path / "analysis"
+    proc = subprocess.run([sys.executable, "-m", "platform.analyze", run.info.run_id, "--out", str(out), "--log"],
+                          cwd=REPO, env=_env(workdir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "dAP50" in proc.stdout and "missed" in proc.stdout
+    summary = json.loads((out / "error_analysis.json").read_text())
+    assert summary["iteration"] == 4 and "errors/dAP_bkg" in summary["metrics"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["ap_by_size_and_class.png", "confusion_matrix.png",
+                                                         "error_breakdown.png", "pr_curves.png"]
+    assert "errors/error_analysis.json" in _artifacts(client, run.info.run_id)
+    proc = subprocess.run([sys.executable, "-m", "platform.analyze", "no-such-run"], cwd=REPO, env=_env(workdir),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "neither a checkpoint path nor an MLflow run id" in proc.stderr
+
+
 def test_same_run_name_resumes_from_the_latest_checkpoint(trained):
     workdir, _ = trained
     proc = _train(workdir, "e2e", "train.max_iters=6")
@@ -147,12 +193,16 @@ def test_evaluate_and_predict_clis(trained, tmp_path):
     _, folder = _checkpoints(workdir, "e2e")[-1]
     out_json = tmp_path / "metrics.json"
     proc = subprocess.run([sys.executable, "-m", "platform.evaluate", "--checkpoint", str(folder),
-                           "--json", str(out_json), "--mlflow"], cwd=REPO, env=_env(workdir),
+                           "--json", str(out_json), "--mlflow", "--branch", "all"], cwd=REPO, env=_env(workdir),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "coco/AP " in proc.stdout and "Logged to MLflow run" in proc.stdout
     metrics = json.loads(out_json.read_text())["metrics"]
     assert 0.0 <= metrics["coco/AP"] <= 1.0
+    assert 0.0 <= metrics["branch/atss/coco/AP"] <= 1.0 and 0.0 <= metrics["branch/faster_rcnn/coco/AP"] <= 1.0
+    proc = subprocess.run([sys.executable, "-m", "platform.evaluate", "--checkpoint", str(folder), "--branch", "fcos"],
+                          cwd=REPO, env=_env(workdir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "atss, faster_rcnn" in proc.stderr
 
     images = sorted((workdir / "data").rglob("*.jpg"))[:2] or sorted((workdir / "data").rglob("*.png"))[:2]
     assert images
