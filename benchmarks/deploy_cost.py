@@ -87,7 +87,7 @@ def sampling_flops(model: torch.nn.Module, image: torch.Tensor) -> int:
 def count_flops(model: torch.nn.Module, image: torch.Tensor) -> tuple[float, float]:
     """(GFLOPs FlopCounterMode sees, GFLOPs of the deformable sampling) of one image."""
     counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
+    with counter, torch.no_grad():   # (FlopCounterMode's module tracker fails under inference_mode)
         model([image])
     return counter.get_total_flops() / 1e9, sampling_flops(model, image) / 1e9
 

@@ -48,7 +48,7 @@ DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "boxes": {0: "b
 
 
 class OnnxDetector(nn.Module):
-    """A deployable ``CoDETR`` (``for_inference()``) on fixed-size batches, decoded in tensors."""
+    """A deployable ``CoDETR`` (``for_inference()``) on batches of one size (any size), decoded in tensors."""
 
     def __init__(self, model: nn.Module):
         super().__init__()

@@ -22,7 +22,7 @@ from codetr.models.soft_nms import soft_nms as torch_soft_nms
 from platform import export
 from platform.core.config_files import load_run_config
 from platform.deploy.onnx import OnnxDetector, check_onnx, encoder_positions, export_onnx, input_batch, min_input_side, \
-    test_pattern
+    test_pattern as draw_pattern
 from platform.deploy.onnx_sizes import parity_table
 from platform.deploy.postprocess import soft_nms as numpy_soft_nms
 from platform.deploy.predictors import load_predictor
@@ -94,7 +94,7 @@ def test_codino_exports_with_its_soft_nms_and_both_heads_equal_pytorch_at_two_si
         torch.manual_seed(0)
         predictor = Predictor(build_model(cfg, num_classes=len(NAMES)).for_inference(), cfg, NAMES)
         path = export_onnx(predictor, tmp_path / name / "model.onnx", 112, 112)
-        rows = parity_table(path, predictor, test_pattern(90, 120), [(96, 128), (136, 72)])
+        rows = parity_table(path, predictor, draw_pattern(90, 120), [(96, 128), (136, 72)])
         assert [(r.height, r.width, r.batch) for r in rows] == [(96, 128, 1), (96, 128, 2), (136, 72, 1), (136, 72, 2)]
         assert all(r.ok for r in rows), (name, rows)
         meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
@@ -107,11 +107,11 @@ def test_codino_exports_with_its_soft_nms_and_both_heads_equal_pytorch_at_two_si
             module_spec = importlib.util.spec_from_file_location("shipped_postprocess", shipped)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
-            outputs = ort.InferenceSession(str(path)).run(None, {"images": input_batch(test_pattern(90, 120), 96, 128, 1).numpy()})
+            outputs = ort.InferenceSession(str(path)).run(None, {"images": input_batch(draw_pattern(90, 120), 96, 128, 1).numpy()})
             assert outputs[0].shape == (1, 30, 4)        # the candidates: num_queries
             det = module.postprocess(*outputs, spec)[0]
             with torch.no_grad():
-                ref = predictor.model([input_batch(test_pattern(90, 120), 96, 128, 1)[0]])[0]
+                ref = predictor.model([input_batch(draw_pattern(90, 120), 96, 128, 1)[0]])[0]
             assert np.array_equal(det["labels"], ref["labels"].numpy())
             assert np.allclose(det["scores"], ref["scores"].numpy(), atol=1e-6)
             assert np.abs(det["boxes"] - ref["boxes"].numpy()).max() <= 0.05

@@ -14,7 +14,8 @@ from codetr import build_model
 from codetr.inference import Predictor
 from platform import predict
 from platform.core.config_files import load_run_config
-from platform.deploy.onnx import export_onnx, test_pattern
+from platform.deploy.onnx import export_onnx
+from platform.deploy.onnx import test_pattern as draw_pattern
 
 NAMES = ["rectangle", "ellipse", "triangle", "cross", "ring"]
 FRAMES = 6
@@ -40,11 +41,11 @@ def inputs(tmp_path_factory):
     model_file = Predictor(build_model(cfg, num_classes=len(NAMES)).for_inference(), cfg, NAMES).save(root / "model.pt")
     data = root / "data"
     (data / "nested").mkdir(parents=True)
-    write_png(test_pattern(96, 128), str(data / "a.png"))
-    write_jpeg(test_pattern(120, 90), str(data / "nested" / "b.jpg"))
+    write_png(draw_pattern(96, 128), str(data / "a.png"))
+    write_jpeg(draw_pattern(120, 90), str(data / "nested" / "b.jpg"))
     (data / "nested" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (data / "empty.mp4").write_bytes(b"")
-    frames = [test_pattern(64, 96).roll(8 * i, dims=2).permute(1, 2, 0).contiguous().numpy() for i in range(FRAMES)]
+    frames = [draw_pattern(64, 96).roll(8 * i, dims=2).permute(1, 2, 0).contiguous().numpy() for i in range(FRAMES)]
     write_video(data / "clip.mp4", frames)
     return root, model_file, data
 
