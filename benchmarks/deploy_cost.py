@@ -86,8 +86,11 @@ def sampling_flops(model: torch.nn.Module, image: torch.Tensor) -> int:
 
 def count_flops(model: torch.nn.Module, image: torch.Tensor) -> tuple[float, float]:
     """(GFLOPs FlopCounterMode sees, GFLOPs of the deformable sampling) of one image."""
+    # FlopCounterMode's module tracker hooks tensors that require grad: views of parameters made under no_grad
+    # have no grad function, so the (inference-only) parameters stop requiring grad
+    model.requires_grad_(False)
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():   # (FlopCounterMode's module tracker fails under inference_mode)
+    with counter, torch.no_grad():
         model([image])
     return counter.get_total_flops() / 1e9, sampling_flops(model, image) / 1e9
 
@@ -183,8 +186,8 @@ def table(rows: list[dict], args) -> str:
              "|---|---|---|---|---|---|---|---|"]
     eager = {r["model"]: r["latency_ms"] for r in rows if r["backend"] == "PyTorch eager"}
     for r in rows:
-        lines.append(f"| {r['model']} | {r['size']} | {r['params_m']:.2f} M | {r['gflops']:.2f} "
-                     f"({r['sampling_gflops']:.2f}) | {r['backend']} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} | "
+        lines.append(f"| {r['model']} | {r['size']} | {r['params_m']:.2f} M | {r['gflops']:.3g} "
+                     f"({r['sampling_gflops']:.3g}) | {r['backend']} | {r['latency_ms']:.1f} | {r['images_per_s']:.2f} | "
                      f"{r['latency_ms'] / eager[r['model']]:.2f}x |")
     k0 = {r["model"]: r for r in rows if "k0_gflops" in r}
     if k0:
