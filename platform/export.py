@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     scale = predictor.cfg.data.augment.eval_scale
     height, width = args.height or scale, args.width or scale
     low = min_input_side(predictor.model.cfg)
+    if min(height, width) < low:
+        print(f"--height / --width must be at least {low} pixels (at least 64, and {predictor.model.cfg.num_queries} "
+              f"encoder positions for the two-stage top-k), got {height}x{width}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         sizes = parse_sizes(args.sizes) if args.sizes else default_check_sizes(height, width, low)
         small = [f"{h}x{w}" for h, w in sizes if min(h, w) < low]

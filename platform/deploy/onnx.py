@@ -97,8 +97,8 @@ class TwoStageSelection:
 
 
 class OnnxDetector(nn.Module):
-    """A deployable ``CoDETR`` (``for_inference()``) on fixed-size batches, decoded in tensors; with
-    ``forced_selection`` [B, k] its two-stage selection takes those encoder positions (checks only)."""
+    """A deployable ``CoDETR`` (``for_inference()``) on batches of one size (any size), decoded in tensors;
+    with ``forced_selection`` [B, k] its two-stage selection takes those encoder positions (checks only)."""
 
     def __init__(self, model: nn.Module, forced_selection: Tensor | None = None):
         super().__init__()

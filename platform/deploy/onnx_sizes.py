@@ -49,10 +49,11 @@ def parity_table(path: str | Path, predictor, image_uint8: Tensor, sizes: list[t
 
 
 def default_check_sizes(height: int, width: int, low: int) -> list[tuple[int, int]]:
-    """The export size, its transpose, a square and a size that is no multiple of 32 (all >= ``low``)."""
-    square = max(low, (height + width) // 2)
-    odd = (max(low, height + 13), max(low, width + 7))
-    sizes = [(height, width), (width, height), (square, square), odd]
+    """The export size, a square, a portrait and a landscape size, and one that is no multiple of 32
+    (sides >= ``low``)."""
+    base = max(low, min(height, width))
+    long = base * 4 // 3
+    sizes = [(height, width), (base, base), (long, base), (base, long), (base + 13, long + 7)]
     return list(dict.fromkeys(sizes))
 
 
