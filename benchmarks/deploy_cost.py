@@ -168,9 +168,9 @@ def bench(name: str, size: tuple[int, int], args) -> list[dict]:
             else:
                 session = session_of(path, args.threads, device)
                 one, many = image[None].numpy(), batch.numpy()
-                latency = median_time(lambda: postprocess(*session.run(None, {"images": one}), spec), args.warmup,
+                latency = median_time(lambda: postprocess(*session.run(["boxes", "scores", "labels"], {"images": one}), spec), args.warmup,
                                       args.runs)
-                throughput = median_time(lambda: postprocess(*session.run(None, {"images": many}), spec),
+                throughput = median_time(lambda: postprocess(*session.run(["boxes", "scores", "labels"], {"images": many}), spec),
                                          min(args.warmup, 1), args.runs)
             rows.append({**row, "backend": backend, "latency_ms": 1e3 * statistics.median(latency),
                          "images_per_s": args.batch / statistics.median(throughput)})

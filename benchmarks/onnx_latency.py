@@ -73,7 +73,7 @@ def bench(name: str, size: tuple[int, int], threads: int, warmup: int, runs: int
                 return model([image[0]])[0]
 
         def run_ort():
-            return session.run(None, feed)
+            return session.run(["boxes", "scores", "labels"], feed)
 
         times = {"torch": [], "ort": []}
         cpu = {"torch": [], "ort": []}

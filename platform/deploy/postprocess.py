@@ -7,7 +7,7 @@ the standard library, so a deployment can use it as it is::
     from postprocess import postprocess
     session = ort.InferenceSession("model.onnx")
     spec = json.loads(session.get_modelmeta().custom_metadata_map["postprocess"])
-    boxes, scores, labels = session.run(None, {"images": images})      # [B, K, 4], [B, K], [B, K]
+    boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"images": images})      # [B, K, 4], [B, K], [B, K]
     detections = postprocess(boxes, scores, labels, spec)               # per image: boxes, scores, labels
 
 Soft-NMS (Bodla et al. 2017), as the official Co-DINO's test time and ``codetr.models.soft_nms``: the

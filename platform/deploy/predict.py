@@ -30,6 +30,8 @@ from platform.deploy.postprocess import postprocess
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
+DETECTIONS = ["boxes", "scores", "labels"]   # the graph's detections (its other outputs serve the export check)
+
 
 def collect_inputs(arguments: list[str]) -> tuple[list[Path], list[Path], list[str]]:
     """Each argument a file, a folder (searched recursively for image and video files) or a glob pattern
@@ -102,7 +104,7 @@ class OnnxBackend:
     def detect(self, image: Tensor, score_threshold: float) -> dict:
         height, width = int(image.shape[1]), int(image.shape[2])
         resized = self.transform(image)                                        # [3, h, w] float in [0, 1]
-        outputs = self.session.run(None, {"images": resized[None].numpy()})
+        outputs = self.session.run(DETECTIONS, {"images": resized[None].numpy()})
         det = {k: torch.from_numpy(v) for k, v in postprocess(*outputs, self.spec)[0].items()}
         keep = det["scores"] >= score_threshold
         return scale_back({k: v[keep] for k, v in det.items()}, resized, height, width)
