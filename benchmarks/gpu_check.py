@@ -271,7 +271,9 @@ def step_variants(smoke: bool) -> list[tuple[str, str, list[str], bool]]:
 
 def run_steps(args: argparse.Namespace, deadline: float) -> None:
     dev = device()
-    sizes = [(32, 48), (32, 40)] if args.smoke else [(800, 1333), (800, 1066)]
+    # smoke: 128 px keeps every level above 1 x 1 (CPU bf16 backward of a stride-2 conv on a 1 x 1 map
+    # can give non-finite gradients in torch 2.14)
+    sizes = [(128, 160), (128, 128)] if args.smoke else [(800, 1333), (800, 1066)]
     warmup, steps = (0, 2) if args.smoke else (2, 5)
     seconds: dict[tuple[str, str], float] = {}
     last_cost = 15.0 if not args.smoke else 1.0
@@ -307,7 +309,7 @@ def run_steps(args: argparse.Namespace, deadline: float) -> None:
                 ratio = f"x{per_iter / seconds[(model_name, k0)]:.2f} time vs K=0"
             elif "msda=pytorch" in variant and (model_name, triton_variant) in seconds:
                 ratio = f"x{per_iter / seconds[(model_name, triton_variant)]:.2f} time vs msda=auto"
-            note = f"attention: {impl}" + ("; amp is a no-op on the CPU" if amp and dev.type != "cuda" else "")
+            note = f"attention: {impl}" + ("; CPU autocast (slow, checks the code path)" if amp and dev.type != "cuda" else "")
             emit(Row("b", case, variant, f"{per_iter:.3f} s/it", f"{len(images) / per_iter:.2f}",
                      fmt_mb(peak_mb(dev)), ratio, note))
         except Exception as e:  # noqa: BLE001 - one failed variant is a row, the rest still runs

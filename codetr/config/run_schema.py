@@ -76,6 +76,7 @@ class PlatformConfig:
     num_val_images: int = 4            # validation images drawn with predicted and true boxes (MLflow)
     log_model: bool = True             # log the deployable model as an MLflow model (pyfunc) at the end
     system_metrics_interval: float = 10.0  # seconds between MLflow system-metrics samples per node; 0: off
+    ray_dashboard: bool = False        # a local cluster starts Ray's dashboard (joined clusters keep theirs)
 
     def validate(self, prefix: str) -> None:
         check_range(self.num_workers >= 1, f"{prefix}.num_workers", "must be >= 1")

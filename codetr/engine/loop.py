@@ -60,6 +60,7 @@ from codetr.engine.checkpoint import CHECKPOINT_FILE, capture_rng_state, save_ch
 from codetr.engine.dist import all_gather_objects, get_rank, get_world_size
 from codetr.engine.evaluate import EvalSample, evaluate
 from codetr.engine.nonfinite import DIVERGED_HINT, NonFiniteGuard
+from codetr.engine.phases import PhaseClock, no_clock
 from codetr.engine.precision import autocast_context, make_grad_scaler
 from codetr.errors import NonFiniteCostError
 from codetr.models.precision import upcast
@@ -96,7 +97,7 @@ def train_step(model: nn.Module, images: list[torch.Tensor], targets: list[dict]
 def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimizer: torch.optim.Optimizer, *,
                      clip_grad_norm: float, amp: str | bool = "none", scaler: torch.amp.GradScaler | None = None,
                      allow_step: Callable[[torch.Tensor, dict, torch.Tensor], bool] | None = None,
-                     device: torch.device | None = None) -> StepOutput:
+                     device: torch.device | None = None, clock: Callable = no_clock) -> StepOutput:
     """One optimisation step over K micro-batches: forward and backward of each (loss / K), then
     grad-norm clipping (``clip_grad_norm`` 0: none) and one ``optimizer.step()``.
 
@@ -108,7 +109,8 @@ def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimize
     gradients is skipped (``overflow``) and the scale lowered. ``allow_step(loss, weighted,
     grad_norm)``, when given, runs before ``optimizer.step()``: False skips the update (see
     :mod:`codetr.engine.nonfinite`); under fp16 it sees the loss only (overflowing gradients are the
-    scaler's to handle).
+    scaler's to handle). ``clock(phase)``: a context manager timing the forward / backward / optimizer
+    phases (:class:`codetr.engine.phases.PhaseClock`).
     """
     k = len(micro_batches)
     if k == 0:
@@ -123,11 +125,12 @@ def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimize
             images, targets = _to_device(images, targets, device)
         sync = not ddp or i == k - 1
         with contextlib.nullcontext() if sync else model.no_sync():
-            with autocast_context(images[0].device, amp):
+            with clock("forward"), autocast_context(images[0].device, amp):
                 weighted, unweighted = model(images, targets, return_unweighted=True)
             loss = torch.stack([upcast(v) for v in weighted.values()]).sum()
             objective = loss / k if k > 1 else loss
-            (scaler.scale(objective) if scaler is not None else objective).backward()
+            with clock("backward"):
+                (scaler.scale(objective) if scaler is not None else objective).backward()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         for sums, terms in ((weighted_sum, weighted), (unweighted_sum, unweighted)):
             for name, value in terms.items():
@@ -136,6 +139,16 @@ def accumulated_step(model: nn.Module, micro_batches: list[MicroBatch], optimize
         loss_sum = loss_sum / k
         weighted_sum = {name: v / k for name, v in weighted_sum.items()}
         unweighted_sum = {name: v / k for name, v in unweighted_sum.items()}
+    with clock("optimizer"):
+        return _apply_step(optimizer, loss_sum, weighted_sum, unweighted_sum, clip_grad_norm=clip_grad_norm,
+                           scaler=scaler, allow_step=allow_step)
+
+
+def _apply_step(optimizer: torch.optim.Optimizer, loss_sum: torch.Tensor, weighted_sum: dict[str, torch.Tensor],
+                unweighted_sum: dict[str, torch.Tensor], *, clip_grad_norm: float,
+                scaler: torch.amp.GradScaler | None,
+                allow_step: Callable[[torch.Tensor, dict, torch.Tensor], bool] | None) -> StepOutput:
+    """Unscale (fp16), clip, ask ``allow_step`` and step the optimizer on the accumulated gradients."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -305,6 +318,7 @@ class TrainLoop:
         if self.scaler is not None and scaler_state:
             self.scaler.load_state_dict(scaler_state)
         self.overflow_steps = overflow_steps
+        self.clock = PhaseClock()
 
     # ------------------------------------------------------------------ training
 
@@ -313,6 +327,8 @@ class TrainLoop:
         if self.iteration >= self.total_iters:
             return self.last_metrics
         window = LossWindow()
+        self.clock = PhaseClock()
+        window_first_iter = self.iteration
         window_start, window_cpu_start = time.perf_counter(), time.process_time()
         recent_iter_time: float | None = None
         while self.iteration < self.total_iters:
@@ -337,6 +353,8 @@ class TrainLoop:
                     elapsed = time.perf_counter() - window_start
                     recent_iter_time = elapsed / max(steps, 1)
                     metrics.update(self._lr_metrics())
+                    metrics.update(self.clock.flush(self.iteration - window_first_iter))
+                    window_first_iter = self.iteration
                     metrics["train/iter_time"] = recent_iter_time
                     metrics["train/iter_cpu_time"] = (time.process_time() - window_cpu_start) / max(steps, 1)
                     metrics["train/images_per_s"] = images_seen * self.world_size / max(elapsed, 1e-9)
@@ -348,8 +366,9 @@ class TrainLoop:
                     self.last_metrics.update(metrics)
                     if self.rank == 0 and self.hooks.on_log:
                         eta = (self.total_iters - self.iteration) * recent_iter_time
-                        self.hooks.on_log(LogRecord(self.iteration, self.total_iters, self.epoch, self.num_epochs,
-                                                    metrics, eta))
+                        with self.clock("log"):
+                            self.hooks.on_log(LogRecord(self.iteration, self.total_iters, self.epoch, self.num_epochs,
+                                                        metrics, eta))
                     window_start, window_cpu_start = time.perf_counter(), time.process_time()
                 if done:
                     break
@@ -362,8 +381,13 @@ class TrainLoop:
         """The loader's batches in groups of ``train.accumulate_steps``, ``iters_per_epoch`` groups."""
         group: list[MicroBatch] = []
         steps = 0
-        for images, targets in self.train_loader:
-            group.append((images, targets))
+        batches = iter(self.train_loader)
+        while True:
+            with self.clock("data"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            group.append(batch)
             if len(group) == self.accumulate_steps:
                 yield group
                 group = []
@@ -377,7 +401,7 @@ class TrainLoop:
         targets = [t for _, batch_targets in micro_batches for t in batch_targets]
         try:
             return accumulated_step(self.model, micro_batches, self.optimizer, clip_grad_norm=self.tcfg.clip_grad_norm,
-                                    amp=self.tcfg.amp, scaler=self.scaler, device=self.device,
+                                    amp=self.tcfg.amp, scaler=self.scaler, device=self.device, clock=self.clock,
                                     allow_step=lambda loss, weighted, grad_norm: self.guard.allow_step(
                                         number, loss, weighted, grad_norm, targets))
         except NonFiniteCostError as e:
@@ -402,7 +426,9 @@ class TrainLoop:
         checkpoint_now = finished or (self.tcfg.checkpoint_every > 0 and self.epoch % self.tcfg.checkpoint_every == 0)
         report = EpochReport(self.epoch, self.iteration, finished, {}, evaluated=False)
         if evaluate_now and self.val_loader is not None and self.make_evaluator is not None:
+            began = time.perf_counter()
             metrics, samples = self.evaluate(num_samples=self.num_samples if finished else 0)
+            metrics = {**metrics, "time/eval_s": time.perf_counter() - began} if metrics else metrics
             report.evaluated = True
             report.eval_summary = self.last_eval_summary
             report.samples = samples
@@ -413,7 +439,9 @@ class TrainLoop:
                 report.is_best = True
         report.metrics = dict(self.last_metrics)
         if checkpoint_now:
+            began = time.perf_counter()
             report.checkpoint_dir = self.save()
+            self.last_metrics["time/checkpoint_s"] = report.metrics["time/checkpoint_s"] = time.perf_counter() - began
         try:
             if self.hooks.on_epoch_end:
                 self.hooks.on_epoch_end(report)

@@ -10,6 +10,17 @@ from codetr.models.precision import float32_region, upcast
 from codetr.ops import ms_deform_attn, resolve_msda_impl
 
 
+def linear_bias_after_product(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear(x)`` as the product, then the bias added: what PyTorch computes for ``linear`` on a
+    non-contiguous input (on a contiguous one it fuses the bias into the product, which rounds otherwise).
+    The official model hands some of its linears sequence-first tensors viewed batch-first (the encoder's
+    layers after the first, the two-stage proposals' projection); these use this form, so that the
+    encoder memory and the two-stage scores are bitwise the official ones on any CPU and a near-tie in
+    the two-stage top-k breaks the same way on both sides (docs/parity.md, "What ties can move")."""
+    out = torch.matmul(x, linear.weight.t())
+    return out + linear.bias.to(out.dtype) if linear.bias is not None else out
+
+
 class MultiScaleDeformableAttention(nn.Module):
     """Each query attends to ``num_points`` sampled points per head and level around its reference.
 
@@ -49,7 +60,8 @@ class MultiScaleDeformableAttention(nn.Module):
             nn.init.zeros_(proj.bias)
 
     def forward(self, query: Tensor, reference_points: Tensor, value: Tensor,
-                spatial_shapes: list[tuple[int, int]], value_padding_mask: Tensor | None) -> Tensor:
+                spatial_shapes: list[tuple[int, int]], value_padding_mask: Tensor | None,
+                bias_after_product: bool = False) -> Tensor:
         """
         Args:
             query: [bs, num_queries, embed_dims] (positional embedding already added).
@@ -58,20 +70,23 @@ class MultiScaleDeformableAttention(nn.Module):
             value: [bs, num_keys, embed_dims].
             spatial_shapes: per level (h, w).
             value_padding_mask: [bs, num_keys], True = padding (sampled as zero).
+            bias_after_product: the value, offset and weight projections as product + bias
+                (:func:`linear_bias_after_product`; the official encoder's layers after the first).
         Returns:
             [bs, num_queries, embed_dims] (no residual).
         """
         bs, num_queries, _ = query.shape
         num_keys = value.shape[1]
-        value = self.value_proj(value)
+        project = linear_bias_after_product if bias_after_product else (lambda linear, x: linear(x))
+        value = project(self.value_proj, value)
         if value_padding_mask is not None:
             value = value.masked_fill(value_padding_mask[..., None], 0.0)
         value = value.view(bs, num_keys, self.num_heads, self.embed_dims // self.num_heads)
         # the sampling runs in full precision (under autocast the projections above and below do not):
         # locations in [0, 1] of maps ~200 px wide need more than bf16's 8 bits
-        offsets = upcast(self.sampling_offsets(query)).view(
+        offsets = upcast(project(self.sampling_offsets, query)).view(
             bs, num_queries, self.num_heads, self.num_levels, self.num_points, 2)
-        weights = upcast(self.attention_weights(query)).view(
+        weights = upcast(project(self.attention_weights, query)).view(
             bs, num_queries, self.num_heads, self.num_levels * self.num_points).softmax(-1)
         weights = weights.view(bs, num_queries, self.num_heads, self.num_levels, self.num_points)
         reference_points = reference_points.to(offsets.dtype)

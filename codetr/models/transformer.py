@@ -45,8 +45,8 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embed_dims)
 
     def forward(self, x: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]],
-                padding_mask: Tensor) -> Tensor:
-        attn = self.self_attn(x + pos, reference_points, x, spatial_shapes, padding_mask)
+                padding_mask: Tensor, bias_after_product: bool = False) -> Tensor:
+        attn = self.self_attn(x + pos, reference_points, x, spatial_shapes, padding_mask, bias_after_product)
         x = self.norm1(x + self.dropout(attn))
         return self.norm2(self.ffn(x))
 
@@ -111,10 +111,13 @@ class DeformableEncoder(nn.Module):
         """x, pos: [bs, num_keys, embed_dims] -> memory [bs, num_keys, embed_dims]."""
         reference_points = encoder_reference_points(spatial_shapes, valid_ratios)
         for i, layer in enumerate(self.layers):
+            # the official encoder's layers after the first get sequence-first tensors: their projections
+            # round as a product, then the bias (codetr.models.deformable_attention.linear_bias_after_product)
+            args = (x, pos, reference_points, spatial_shapes, padding_mask, i > 0)
             if self.training and i < self.checkpoint_layers and torch.is_grad_enabled():
-                x = checkpoint(layer, x, pos, reference_points, spatial_shapes, padding_mask, use_reentrant=False)
+                x = checkpoint(layer, *args, use_reentrant=False)
             else:
-                x = layer(x, pos, reference_points, spatial_shapes, padding_mask)
+                x = layer(*args)
         return x
 
 

@@ -62,7 +62,9 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     # A new local cluster (address="local": never attach to one some `ray start` left running here),
     # with enough logical CPUs for the requested workers even on a small machine
     need = cfg.platform.num_workers * cfg.platform.cpus_per_worker
+    # no dashboard unless asked for (platform.ray_dashboard): on a laptop its processes take CPU from the
+    # model (benchmarks/run_breakdown.py); MLflow is the run's UI
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True,
-             **quiet)
+             include_dashboard=cfg.platform.ray_dashboard, **quiet)
     where = "127.0.0.1 only" if ray.util.get_node_ip_address() == "127.0.0.1" else ray.util.get_node_ip_address()
     return f"started a local Ray cluster ({max(os.cpu_count() or 1, need)} CPUs, listening on {where})"

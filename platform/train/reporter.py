@@ -108,7 +108,10 @@ class Reporter:
             self.logger.log_metrics(coco, step=step)
         if report.eval_summary:
             self.logger.log_text(report.eval_summary, f"eval/coco_summary_iter{step:07d}.txt")
-        self.logger.log_metrics({"train/epochs_done": report.epoch}, step=step)
+        costs = {k: report.metrics[k] for k, now in (("time/eval_s", report.evaluated),
+                                                      ("time/checkpoint_s", report.checkpoint_dir is not None))
+                 if now and k in report.metrics}
+        self.logger.log_metrics({"train/epochs_done": report.epoch, **costs}, step=step)
         if report.checkpoint_dir is not None and self.cfg.platform.log_checkpoints:
             file = report.checkpoint_dir / CHECKPOINT_FILE
             if report.is_best:

@@ -144,9 +144,9 @@ class WorkerData:
         train_loader, val_loader = _build_loaders(cfg, train_ds, val_ds, collate_fn, host)
         iters_per_epoch = optimizer_steps_per_epoch(len(train_loader), cfg.train.accumulate_steps)
         if iters_per_epoch == 0:
-            raise ValueError(f"the training set ({len(train_ds)} images) gives no optimizer step of "
-                             f"{cfg.train.accumulate_steps} full batch(es) of {cfg.data.batch_size} per worker with "
-                             f"{host.world_size} workers")
+            raise ValueError(f"the training set ({len(train_ds)} images) gives no full batch of "
+                             f"{cfg.data.batch_size} per worker with {host.world_size} workers for an optimizer "
+                             f"step of {cfg.train.accumulate_steps} batch(es) (train.accumulate_steps)")
         return cls(train_ds, val_ds, train_loader, val_loader, iters_per_epoch)
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from codetr.box_ops import inverse_sigmoid
 from codetr.config.schema import ModelConfig
 from codetr.models.position_encoding import SinePositionalEncoding, box_position_embedding
-from codetr.models.deformable_attention import MultiScaleDeformableAttention
+from codetr.models.deformable_attention import MultiScaleDeformableAttention, linear_bias_after_product
 from codetr.models.precision import upcast
 from codetr.models.transformer import DeformableDecoder, DeformableEncoder, MemoryContext
 
@@ -31,7 +31,7 @@ class QueryHeadOutput:
     boxes_cxcywh_norm: Tensor     # [num_layers, bs, num_queries, 4], normalised to each image's unpadded size
     enc_logits: Tensor | None     # [bs, num_keys, num_classes] two-stage scores, channel 0 ranks (train only)
     enc_boxes_cxcywh_norm: Tensor | None  # [bs, num_keys, 4] two-stage proposals (train only)
-    pyramid: list[Tensor] | None  # 5 maps [bs, embed_dims, H_l, W_l], strides 8..128 (train only, for aux heads)
+    pyramid: list[Tensor] | None  # 5 maps [bs, embed_dims, H_l, W_l], strides 8..128 (aux heads' input; train only, DINO: eval too)
     ctx: MemoryContext | None     # encoder memory, for the positive-query decoder passes (train only)
     dn: "DenoisingQueries | None" = None  # DINO: the denoising queries at the front of logits / boxes (train only)
 
@@ -218,7 +218,8 @@ class QueryHead(nn.Module):
 
         # two-stage: score every encoder position as a class-agnostic proposal, keep the top num_queries
         output_memory, proposals_unact = encoder_proposals(memory, padding_mask, spatial_shapes)
-        output_memory = self.enc_output_norm(self.enc_output(output_memory))
+        # product, then bias: as the official projection of its (batch-first viewed) memory
+        output_memory = self.enc_output_norm(linear_bias_after_product(self.enc_output, output_memory))
         enc_logits = self.enc_cls_branch(output_memory)  # [bs, num_keys, num_classes]
         enc_boxes_unact = upcast(self.enc_reg_branch(output_memory)) + proposals_unact
         num_select = min(self.num_queries, enc_logits.shape[1])

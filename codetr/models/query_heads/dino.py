@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from codetr.box_ops import inverse_sigmoid
 from codetr.config.schema import ModelConfig
-from codetr.models.deformable_attention import MultiScaleDeformableAttention
+from codetr.models.deformable_attention import MultiScaleDeformableAttention, linear_bias_after_product
 from codetr.models.query_heads.denoising import DenoisingQueries
 from codetr.models.precision import full_dtype, upcast
 from codetr.models.position_encoding import SinePositionalEncoding, box_position_embedding
@@ -176,7 +176,8 @@ class DINOQueryHead(nn.Module):
         ctx = MemoryContext(memory, padding_mask, spatial_shapes, valid_ratios)
 
         output_memory, proposals_unact = encoder_proposals(memory, padding_mask, spatial_shapes)
-        output_memory = self.enc_output_norm(self.enc_output(output_memory))
+        # product, then bias: as the official projection of its (batch-first viewed) memory
+        output_memory = self.enc_output_norm(linear_bias_after_product(self.enc_output, output_memory))
         enc_logits = self.enc_cls_branch(output_memory)                               # [bs, num_keys, C]
         enc_boxes_unact = upcast(self.enc_reg_branch(output_memory)) + proposals_unact
         num_select = min(self.num_queries, enc_logits.shape[1])
@@ -196,16 +197,19 @@ class DINOQueryHead(nn.Module):
             # no box in the batch: keep the label embedding in the graph (distributed training)
             states = states + self.label_embedding.weight[0, 0] * 0.0
         logits, boxes = self._predict(states, references)
-        if not self.training:
-            return QueryHeadOutput(logits, boxes, None, None, None, None)
+        # the encoder memory as maps plus the stride-128 level (the aux heads' input): also in eval mode,
+        # where it costs one small convolution (the levels are views of the memory), so that the memory can
+        # be inspected and compared stage by stage; the deployable model (no downsample) returns none
         pyramid = None
         if self.downsample is not None:
             pyramid, start = [], 0
             for h, w in spatial_shapes:
-                # [bs, h*w, d] -> [bs, d, h, w]
+                # [bs, h*w, d] -> [bs, d, h, w] (a view)
                 pyramid.append(memory[:, start:start + h * w].transpose(1, 2).reshape(bs, self.embed_dims, h, w))
                 start += h * w
             pyramid.append(self.downsample(pyramid[-1]))
+        if not self.training:
+            return QueryHeadOutput(logits, boxes, None, None, pyramid, None)
         return QueryHeadOutput(logits, boxes, topk_logits, topk_boxes_unact.sigmoid(), pyramid, ctx, dn)
 
     def positive_branch_parameters(self, head_idx: int) -> list[nn.Parameter]:

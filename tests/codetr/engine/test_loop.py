@@ -193,6 +193,12 @@ def test_train_loop_schedule_hooks_and_checkpoints(cfg, tmp_path, capsys):
     assert saved[-1]["best"]["value"] == pytest.approx(0.2)
     assert [r.iteration for r in logs] == [2, 4, 6, 8, 9]         # every log_every=2, plus the last
     assert "train/query/total" in metrics and "coco/AP" in metrics and "train/lr" in metrics
+    # where the iterations' time went, per window (the log hook's own time shows from the second window)
+    assert {"time/data_s", "time/forward_s", "time/backward_s", "time/optimizer_s"} <= set(logs[0].metrics)
+    assert "time/log_s" in logs[1].metrics and all(v >= 0 for v in logs[1].metrics.values() if v is not None)
+    assert sum(logs[0].metrics[f"time/{p}_s"] for p in ("data", "forward", "backward", "optimizer")) \
+        <= logs[0].metrics["train/iter_time"] * 1.05 + 1e-3
+    assert "time/eval_s" in reports[1].metrics and "time/checkpoint_s" in reports[0].metrics
     assert not list(tmp_path.iterdir())                            # scratch checkpoints cleaned up
 
 

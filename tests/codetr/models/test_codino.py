@@ -165,6 +165,33 @@ def test_deployed_codino_is_a_k0_dino():
             torch.testing.assert_close(x[key], y[key])
 
 
+def test_codino_exposes_its_encoder_memory_and_aux_pyramid_in_eval_mode():
+    """The aux pyramid (the encoder memory as maps, plus one more level) comes out in eval mode too,
+    the same as in train mode (dropout 0): stage-by-stage comparisons read it there. The deployable model
+    has none."""
+    model = _model("[atss]").eval()
+    images, _ = _data()
+    with torch.no_grad():
+        batch, mask, _ = model.preprocess(images)
+        feats, masks = model.neck(model.backbone(batch), mask)
+        out_e = model.query_head(feats, masks)
+        model.query_head.train()
+        out_t = model.query_head(feats, masks)
+        deployed = model.for_inference().eval()
+        out_d = deployed.query_head(feats, masks)
+    memory, shapes = out_t.ctx.memory, out_t.ctx.spatial_shapes
+    assert out_e.enc_logits is None and out_e.ctx is None and len(out_e.pyramid) == len(shapes) + 1 == 6
+    start = 0
+    for level, (h, w) in zip(out_e.pyramid, shapes):
+        assert level.shape == (2, 32, h, w)
+        assert torch.equal(level.flatten(2).transpose(1, 2), memory[:, start:start + h * w])
+        start += h * w
+    assert out_e.pyramid[-1].shape[-2:] == ((shapes[-1][0] + 1) // 2, (shapes[-1][1] + 1) // 2)
+    for a, b in zip(out_e.pyramid, out_t.pyramid):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert out_d.pyramid is None
+
+
 def test_soft_nms_linear_decay_classwise():
     boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 10], [50, 50, 60, 60]])
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])

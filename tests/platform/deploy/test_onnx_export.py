@@ -15,9 +15,11 @@ from codetr import build_model
 from codetr.config import to_dict
 from codetr.inference import Predictor
 from codetr.engine import save_checkpoint
+from codetr.evaluation.agreement import selection_agreement
 from platform import export
 from platform.deploy.predictors import load_predictor
 from platform.deploy.onnx import OnnxDetector, check_onnx, input_batch
+from platform.deploy.onnx import test_pattern as drawn_pattern   # not collected as a test
 from platform.core.config_files import load_run_config
 
 NAMES = ["rectangle", "ellipse", "triangle", "cross", "ring"]
@@ -43,14 +45,19 @@ def test_export_writes_a_checked_onnx_model(exported, capsys):
                         "--height", str(HEIGHT), "--width", str(WIDTH)])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    diffs = re.findall(r"batch (\d) .*?max abs diff boxes (\S+) px, scores (\S+); labels agree 100%  OK", printed)
+    diffs = re.findall(r"batch (\d) .*?two-stage scores max abs diff \S+, selection \d+/\d+ at the same rank; "
+                       r"before the top-k max abs diff logits (\S+), boxes (\S+) px; detections "
+                       r"(\d+)/(\d+) matched by label and score.*?max \|dbox\| (\S+) px.*  OK", printed)
     assert [d[0] for d in diffs] == ["1", "2"], printed
-    assert all(float(b) <= 0.05 and float(s) <= 1e-4 for _, b, s in diffs)
+    assert all(float(lo) <= 4e-4 and float(b) <= 0.05 and float(db) <= 0.05 for _, lo, b, _, _, db in diffs)
+    assert [(int(m), int(n)) for _, _, _, m, n, _ in diffs] == [(100, 100), (200, 200)]
     assert f"fixed at {HEIGHT}x{WIDTH}" in printed and "refused" in printed
 
     graph = onnx.load(str(output))
     meta = {p.key: p.value for p in graph.metadata_props}
     assert json.loads(meta["label_names"]) == NAMES and meta["input_size"] == f"{HEIGHT}x{WIDTH}"
+    assert [o.name for o in graph.graph.output] == ["boxes", "scores", "labels", "query_logits", "query_boxes",
+                                                   "proposal_scores", "proposal_index"]
     ops = {node.op_type for node in graph.graph.node}
     assert "GridSample" in ops and all(node.domain in ("", "ai.onnx") for node in graph.graph.node)
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
@@ -59,6 +66,10 @@ def test_export_writes_a_checked_onnx_model(exported, capsys):
 
 
 def test_onnxruntime_matches_pytorch_on_a_batch_of_three(exported):
+    """Before the top-k every query's logits and box agree; the detections agree paired by label, score and
+    box. Not rank by rank: the untrained model's scores all sit near the class prior, and near-tied ones
+    rank otherwise in onnxruntime than in PyTorch on some CPUs (seen: 119 px, 84% of the labels at the same
+    rank, with the tensors before the top-k equal)."""
     root, checkpoint, output = exported
     if not output.is_file():
         pytest.skip("the export test did not run")
@@ -66,14 +77,35 @@ def test_onnxruntime_matches_pytorch_on_a_batch_of_three(exported):
     g = torch.Generator().manual_seed(1)
     image = (torch.rand(3, 70, 90, generator=g) * 255).to(torch.uint8)
     report = check_onnx(output, predictor, input_batch(image, HEIGHT, WIDTH, 3))
-    assert report.batch == 3 and report.ok, report
+    assert report.batch == 3 and report.ok, report.summary()
+    assert report.proposal_scores_max_abs_diff <= 4e-4 and report.selection.consistent
+    assert report.logits_max_abs_diff <= 4e-4 and report.query_boxes_max_abs_diff <= 0.05
+    assert report.detections.num_reference == report.detections.num_other == 300
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
-    boxes, scores, labels = session.run(None, {"images": input_batch(image, HEIGHT, WIDTH, 3).numpy()})
+    boxes, scores, labels, logits, query_boxes, proposal_scores, proposal_index = session.run(
+        None, {"images": input_batch(image, HEIGHT, WIDTH, 3).numpy()})
     assert boxes.shape == (3, 100, 4) and labels.dtype == np.int64
+    assert logits.shape == (3, 30, len(NAMES)) and query_boxes.shape == (3, 30, 4)
+    assert proposal_index.shape == (3, 30) and proposal_scores.shape[0] == 3
+    assert np.isfinite(np.take_along_axis(proposal_scores, proposal_index, 1)).all()
     assert (boxes[..., 0::2] <= WIDTH).all() and (boxes[..., 1::2] <= HEIGHT).all() and (boxes >= 0).all()
     assert (np.diff(scores, axis=1) <= 0).all()                    # top-k order
     with pytest.raises(Exception, match="dimensions"):              # the size is fixed at export
         session.run(None, {"images": np.zeros((1, 3, HEIGHT, WIDTH + 32), np.float32)})
+
+
+def test_the_check_reports_a_real_difference(exported):
+    """The tie-robust check still sees a difference: boxes moved by about 1.6 px after the export."""
+    root, checkpoint, output = exported
+    if not output.is_file():
+        pytest.skip("the export test did not run")
+    predictor = Predictor.from_checkpoint(checkpoint)
+    with torch.no_grad():
+        predictor.model.query_head.reg_branches[-1].layers[-1].bias[0] += 0.05     # every box's centre x
+    report = check_onnx(output, predictor, input_batch(drawn_pattern(HEIGHT, WIDTH), HEIGHT, WIDTH, 1))
+    assert not report.ok and report.logits_max_abs_diff <= 4e-4
+    assert report.query_boxes_max_abs_diff > 0.5 and report.detections.max_box_diff > 0.5
+    assert report.detections.matched == 100
 
 
 def test_deployable_files_export_too_and_bad_input_is_named(exported, tmp_path, capsys):
@@ -92,10 +124,36 @@ def test_deployable_files_export_too_and_bad_input_is_named(exported, tmp_path, 
         OnnxDetector(build_model(load_run_config("codetr_tiny", []), num_classes=5))
 
 
+def test_a_swapped_near_tie_in_the_two_stage_selection_changes_queries_and_is_accepted(exported):
+    """Rerun on another selection, PyTorch gives other queries (their content is learned per rank): why the
+    check runs PyTorch on onnxruntime's selection. A swap of two positions is a top-k of the scores only
+    when their scores are within the tolerance."""
+    root, checkpoint, _ = exported
+    model = Predictor.from_checkpoint(checkpoint).model
+    images = input_batch(drawn_pattern(HEIGHT, WIDTH), HEIGHT, WIDTH, 1)
+    with torch.no_grad():
+        own = OnnxDetector(model)(images)
+        again = OnnxDetector(model, forced_selection=own[6])(images)
+        swapped_index = own[6].clone()
+        swapped_index[0, [3, 4]] = swapped_index[0, [4, 3]]
+        swapped = OnnxDetector(model, forced_selection=swapped_index)(images)
+    assert all(torch.equal(a, b) for a, b in zip(own, again))
+    assert not torch.allclose(swapped[3], own[3], atol=1e-3)                      # other queries
+    gap = float(own[5][0, own[6][0, 3]] - own[5][0, own[6][0, 4]])
+    assert selection_agreement(own[5], own[6], swapped_index, tol=gap + 1e-6).consistent
+    assert not selection_agreement(own[5], own[6], swapped_index, tol=gap / 2).consistent
+
+
 def test_the_exported_selection_picks_what_the_model_picks():
-    """The masked top-k used while tracing equals the model's branching selection, in both of its branches."""
+    """The masked top-k used while tracing equals the model's branching selection, in both of its branches;
+    the stand-in is installed in both query heads' modules (Co-DINO's too)."""
+    from codetr.models.query_heads import deformable_detr, dino
     from codetr.models.query_heads.deformable_detr import select_valid_topk
-    from platform.deploy.onnx import masked_topk
+    from platform.deploy.onnx import TwoStageSelection, masked_topk
+
+    with TwoStageSelection().installed() as selection:
+        assert deformable_detr.select_valid_topk is selection and dino.select_valid_topk is selection
+    assert deformable_detr.select_valid_topk is select_valid_topk is dino.select_valid_topk
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(4, 200, generator=g)

@@ -91,7 +91,9 @@ def test_train_leaves_a_complete_mlflow_run(trained):
     for key in ("train/loss", "train/query/loss_cls", "train/query/d0.loss_bbox", "train/atss/loss_cls",
                 "train/atss/pos.loss_cls", "train/faster_rcnn/rpn.loss_cls", "train/query/total",
                 "train/atss/total", "train/faster_rcnn/total", "train_unweighted/atss/loss_cls", "train/lr",
-                "train/grad_norm", "train/iter_time", "train/images_per_s", "coco/AP", "coco/AP50"):
+                "train/grad_norm", "train/iter_time", "train/images_per_s", "coco/AP", "coco/AP50",
+                "time/data_s", "time/forward_s", "time/backward_s", "time/optimizer_s", "time/eval_s",
+                "time/checkpoint_s"):
         assert key in metrics, key
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [2, 4]
