@@ -144,7 +144,7 @@ def test_a_trial_failing_every_attempt_leaves_an_incomplete_sweep_and_its_retry_
     assert (failed.info.status, failed.data.tags["sweep.end"]) == ("FAILED", "failed")
     assert failed.data.tags["sweep.failures"] == "2"       # its first attempt and its one restart
     assert failed.data.tags["sweep.end_note"].startswith(
-        "ValueError: the training set (8 images) gives no optimizer step of 1 full batch(es) of 16"), \
+        "ValueError: the training set (8 images) gives no full batch of 16"), \
         failed.data.tags["sweep.end_note"]
 
     # the printed command runs exactly the failed trial again, into its MLflow run
