@@ -91,12 +91,13 @@ def test_two_runs_on_one_sqlite_store_both_finish_with_all_metrics(two_runs):
     for name in ("one", "two"):
         (run,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.`platform.run_name` = '{name}'")
         assert run.info.status == "FINISHED", two_runs["outputs"][name][-4000:]
-        # 2 epochs, evaluated and checkpointed after each, train/* logged every iteration, each step once
+        # 2 epochs, checkpointed after each, evaluated at the end, train/* logged every iteration, each step once
         ends = [m.step for m in client.get_metric_history(run.info.run_id, "train/epochs_done")]
         assert len(ends) == 2 and ends[1] == 2 * ends[0], ends
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == \
             list(range(1, ends[1] + 1))
-        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "coco/AP")) == ends
+        evaluated = sorted(m.step for m in client.get_metric_history(run.info.run_id, "coco/AP"))
+        assert evaluated and evaluated[-1] == ends[-1] and set(evaluated) <= set(ends), (evaluated, ends)
         assert run.data.params["derived.world_size"] == "2"
     print(f"\n[two runs] both FINISHED in {two_runs['seconds']:.0f} s")
 
