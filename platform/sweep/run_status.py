@@ -71,7 +71,7 @@ class ChildRunStatusCallback(Callback):
         try:
             client, run_id = self._child(trial)
             if run_id is not None:
-                client.set_tag(run_id, CHECKPOINT_TAG, checkpoint.path)
+                client.set_tag(run_id, CHECKPOINT_TAG, str(getattr(checkpoint, "path", checkpoint)))
         except Exception as e:
             print(f"[sweep] could not name the checkpoint of trial {trial.trial_id} in MLflow: {e}", flush=True)
 

@@ -67,7 +67,9 @@ def build_tuner(spec, context: dict[str, Any], callbacks: list, resume: bool, nu
     # Tune's trial tables are the sweep's progress display: its default level, every result with --verbose
     # checkpoint_config: the checkpoints of inline trials, kept by Tune in their trial folders
     run_config = tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=callbacks,
-                                failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=2 if is_verbose() else 1,
+                                # a trial whose process, worker or node is lost restarts from its latest checkpoint
+                                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                                verbose=2 if is_verbose() else 1,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=num_to_keep))
     return tune.Tuner(trainable(context), param_space=param_space(spec), tune_config=build_tune_config(spec),
                       run_config=run_config)

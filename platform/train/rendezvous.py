@@ -69,9 +69,10 @@ def setup_loopback_process_group(backend: str, world_rank: int, world_size: int,
     if world_rank == 0:
         if _LISTENER is None:
             raise RuntimeError("the rendezvous socket of rank 0 is gone (its worker restarted?)")
-        store = dist.TCPStore(LOOPBACK, port, world_size, True, timeout, wait_for_workers=False,
-                              master_listen_fd=_LISTENER.fileno())
-        _LISTENER = None    # the store owns the socket now (its file descriptor)
+        # the store owns the socket from here: detached, or Python closes it under the store when the
+        # socket object goes (then no rank can connect and the rendezvous waits out its timeout)
+        fd, _LISTENER = _LISTENER.detach(), None
+        store = dist.TCPStore(LOOPBACK, port, world_size, True, timeout, wait_for_workers=False, master_listen_fd=fd)
     else:
         store = dist.TCPStore(LOOPBACK, port, world_size, False, timeout)
     dist.init_process_group(backend=backend, store=store, rank=world_rank, world_size=world_size, timeout=timeout)

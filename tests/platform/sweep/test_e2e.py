@@ -240,8 +240,8 @@ def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
     assert (by_batch[4].info.status, by_batch[4].data.tags["sweep.end"]) == ("FINISHED", "finished")
     failed = by_batch[16]
     assert (failed.info.status, failed.data.tags["sweep.end"]) == ("FAILED", "failed"), output
-    assert failed.data.tags["sweep.end_note"].startswith("ValueError: the training set (8 images) gives no optimizer "
-                                                         "step of 1 full batch(es) of 16"), failed.data.tags["sweep.end_note"]
+    assert failed.data.tags["sweep.end_note"].startswith("ValueError: the training set (8 images) gives no full "
+                                                         "batch of 16"), failed.data.tags["sweep.end_note"]
     assert "error/error.txt" in _artifacts(client, failed.info.run_id)
     table = client.download_artifacts(parent.info.run_id, "summary/results.csv", str(workdir))
     rows = Path(table).read_text().splitlines()[1:]

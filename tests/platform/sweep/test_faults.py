@@ -2,7 +2,8 @@
 cluster (the head fixture of ``test_e2e.py``, one per module), real MLflow sqlite store.
 
 - a trial's process SIGKILLed after its first checkpoint: Tune restarts it (``max_failures``, default 1)
-  from that checkpoint, into the same MLflow child run; every trial ends FINISHED, no metric step twice;
+  from that checkpoint, into the same MLflow child run; every trial ends FINISHED, no metric step twice,
+  and the killed trial's losses and final weights are bitwise those of an uninterrupted twin;
 - a trial that fails on every attempt (a batch larger than the training set): the sweep ends INCOMPLETE
   (parent FAILED, tag ``sweep.incomplete``), the summary warns and prints the command that runs exactly the
   failed trials again, and that command (``--resume --retry-failed``) does, into the same child run.
@@ -19,6 +20,9 @@ from collections import Counter
 
 import psutil
 import pytest
+import torch
+
+from codetr.engine import load_checkpoint
 
 from tests.platform.sweep.test_e2e import REPO, _parent_and_children, _sweep_args, head  # noqa: F401 (fixture)
 
@@ -36,8 +40,11 @@ def _steps(client, run_id: str, key: str) -> list[int]:
 def test_a_killed_trial_resumes_from_its_checkpoint_into_its_run(head):
     workdir = head["workdir"]
     tracking_uri = f"sqlite:///{workdir}/mlflow.db"
+    # two trials that train alike (they differ only in the validation images drawn at the very end):
+    # the killed one must end with bitwise the weights and losses of the other
     args = _sweep_args(workdir, "killed", "data.batch_size=4", "scheduler.type=none", "train.checkpoint_every=1",
-                       "train.epochs=3", "max_concurrent_trials=2", "search_space={model.lambda1: {grid: [0.5, 1.0]}}")
+                       "train.epochs=3", "max_concurrent_trials=2", "search_space=null",
+                       "configurations=[{platform.num_val_images: 1}, {platform.num_val_images: 0}]")
     cmd = [sys.executable, "-m", "platform.sweep", *args]
     from mlflow.tracking import MlflowClient
     MlflowClient(tracking_uri).search_experiments()   # the store's schema before the polling below
@@ -91,6 +98,14 @@ def test_a_killed_trial_resumes_from_its_checkpoint_into_its_run(head):
     assert [m.step for m in restart] == [1] and restart[0].value in epoch_ends[:2], (restart, epoch_ends)
     other = next(c for c in children if c.info.run_id != victim.info.run_id)
     assert "platform.resumed_from" not in other.data.tags and other.data.tags.get("sweep.failures") is None
+    # on CPU the restart from the checkpoint (weights, optimizer, schedule, RNG) changes nothing: the losses
+    # of every step and the final weights are bitwise those of the uninterrupted trial
+    def losses(run_id):
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
+
+    assert losses(resumed.info.run_id) == losses(other.info.run_id)
+    final = [load_checkpoint(c.data.tags["sweep.checkpoint"])["model"] for c in (resumed, other)]
+    assert final[0].keys() == final[1].keys() and all(torch.equal(final[0][k], final[1][k]) for k in final[0])
     print(f"\n[fault] trial {victim.info.run_name} SIGKILLed (pid {pid}) at epochs_done={epochs_before}, "
           f"{steps_before} train/loss steps, run {before.info.status}; after: run {resumed.info.status}, "
           f"{len(_steps(client, resumed.info.run_id, 'train/loss'))} steps (unique), resumed_from "
@@ -129,7 +144,7 @@ def test_a_trial_failing_every_attempt_leaves_an_incomplete_sweep_and_its_retry_
     assert (failed.info.status, failed.data.tags["sweep.end"]) == ("FAILED", "failed")
     assert failed.data.tags["sweep.failures"] == "2"       # its first attempt and its one restart
     assert failed.data.tags["sweep.end_note"].startswith(
-        "ValueError: the training set (8 images) gives no optimizer step of 1 full batch(es) of 16"), \
+        "ValueError: the training set (8 images) gives no full batch of 16"), \
         failed.data.tags["sweep.end_note"]
 
     # the printed command runs exactly the failed trial again, into its MLflow run
