@@ -216,7 +216,8 @@ def test_evaluate_and_predict_clis(trained, tmp_path):
     assert [r["image"] for r in records] == [str(p) for p in images]
     assert records[0]["detections"] and set(records[0]["detections"][0]) == {"box_xyxy", "score", "label",
                                                                                "category"}
-    assert len(list(out_dir.glob("*.png"))) == 2
+    assert len(list((out_dir / "images").glob("*.png"))) == 2
+    assert len(json.loads((out_dir / "coco_results.json").read_text())) >= 2
 
 
 def test_ctrl_c_ends_the_mlflow_run_killed(tmp_path):
