@@ -63,7 +63,6 @@ if "--smoke" in sys.argv and not torch.cuda.is_available():
 
 from codetr import build_model, load_config  # noqa: E402
 from codetr.engine import build_optimizer, train_step  # noqa: E402
-from codetr.engine.precision import autocast_context  # noqa: E402
 from codetr.ops import ms_deform_attn_dispatch as msda  # noqa: E402
 
 SECTIONS = ("attention", "steps", "train")

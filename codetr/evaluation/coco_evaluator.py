@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 
 from codetr.evaluation.coco_results import arrays_to_coco_results, detections_to_arrays
-from codetr.evaluation.gather import all_gather_objects, distributed_rank_and_size, merge_per_image
+from codetr.evaluation.gather import PerImageGather, distributed_rank_and_size
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def evaluate_coco_results(coco_gt: COCO, results: list[dict], image_ids: Sequenc
     return metrics, text.getvalue()
 
 
-class CocoEvaluator:
+class CocoEvaluator(PerImageGather[dict[str, np.ndarray]]):
     """Accumulates detections per image, gathers them across ranks, runs COCOeval.
 
     Build it from the evaluated dataset, ``CocoEvaluator(val_set)`` (a
@@ -106,8 +106,7 @@ class CocoEvaluator:
 
     def reset(self) -> None:
         """Forget all detections (e.g. before the next evaluation round)."""
-        self._per_image: dict[int, dict[str, np.ndarray]] = {}
-        self._synchronized = False
+        self._start_gather()
 
     @property
     def image_ids(self) -> list[int]:
@@ -128,16 +127,6 @@ class CocoEvaluator:
             raise RuntimeError("update() after synchronize(): call reset() to start a new evaluation")
         for prediction, target in zip(predictions, targets):
             self._per_image[int(target["image_id"])] = detections_to_arrays(prediction, target, self.label_to_cat_id)
-
-    def synchronize(self) -> None:
-        """Gather every rank's detections (a collective call when torch.distributed is initialised).
-
-        Images seen on several ranks (DistributedSampler padding) are kept once. Idempotent.
-        """
-        if self._synchronized:
-            return
-        self._per_image = merge_per_image(all_gather_objects(self._per_image))
-        self._synchronized = True
 
     def results(self) -> list[dict]:
         """COCO results entries of the recorded detections (this rank's, or all after synchronize)."""

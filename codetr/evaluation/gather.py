@@ -1,7 +1,7 @@
 """Collecting per-image results from every worker (torch.distributed when initialised)."""
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch.distributed as dist
 
@@ -36,3 +36,24 @@ def merge_per_image(parts: list[dict[int, V]]) -> dict[int, V]:
         for image_id, value in part.items():
             merged.setdefault(int(image_id), value)
     return dict(sorted(merged.items()))
+
+
+class PerImageGather(Generic[V]):
+    """Per-image results recorded on each rank in ``self._per_image`` (``{image_id: result}``), gathered
+    from every rank by :meth:`synchronize`. Subclasses start with :meth:`_start_gather`."""
+
+    _per_image: dict[int, V]
+    _synchronized: bool
+
+    def _start_gather(self) -> None:
+        """An empty record, not gathered yet."""
+        self._per_image = {}
+        self._synchronized = False
+
+    def synchronize(self) -> None:
+        """Gather every rank's images (a collective call the first time when torch.distributed is
+        initialised; idempotent). Images seen on several ranks (DistributedSampler padding) are kept once."""
+        if self._synchronized:
+            return
+        self._per_image = merge_per_image(all_gather_objects(self._per_image))
+        self._synchronized = True

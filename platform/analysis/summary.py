@@ -23,7 +23,6 @@ With repeats (seeds), also (:mod:`platform.analysis.comparisons`, :mod:`platform
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import yaml
 from mlflow.tracking import MlflowClient

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch import Tensor
 
-from codetr.evaluation.gather import all_gather_objects, merge_per_image
+from codetr.evaluation.gather import PerImageGather
 
 THRESHOLDS = np.linspace(0.0, 1.0, 101)
 
@@ -111,7 +111,7 @@ def attention_maps(locations: Tensor, weights: Tensor, query_weights: Tensor,
     return maps
 
 
-class EncoderDiscriminability:
+class EncoderDiscriminability(PerImageGather[tuple[np.ndarray, np.ndarray, float]]):
     """Accumulates the IoF / IoB curves of the subset's images over an evaluation (one per rank, gathered).
 
     ``update(outputs, targets)`` takes the batch's :class:`codetr.models.detector.EvalOutputs`;
@@ -124,8 +124,7 @@ class EncoderDiscriminability:
     def __init__(self, image_ids: Sequence[int], max_side: int = 256) -> None:
         self.image_ids = {int(i) for i in image_ids}
         self.max_side = max_side
-        self._per_image: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
-        self._synchronized = False
+        self._start_gather()
         self.curve: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def update(self, outputs, targets: Sequence[dict]) -> None:
@@ -144,13 +143,6 @@ class EncoderDiscriminability:
             fg = foreground_mask(target["boxes"], out_size, scale)
             thresholds = np.quantile(d.flatten().double().cpu().numpy(), THRESHOLDS)   # level q -> S
             self._per_image[image_id] = (*iof_iob(d, fg, thresholds), rank_area(d, fg))
-
-    def synchronize(self) -> None:
-        """Gather every rank's images (a collective the first time; idempotent, as the evaluators')."""
-        if self._synchronized:
-            return
-        self._per_image = merge_per_image(all_gather_objects(self._per_image))
-        self._synchronized = True
 
     def summarize(self) -> dict[str, float]:
         if not self._per_image:

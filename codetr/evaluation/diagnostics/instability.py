@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from codetr.box_ops import box_xyxy_to_cxcywh
-from codetr.evaluation.gather import all_gather_objects, merge_per_image
+from codetr.evaluation.gather import PerImageGather
 
 # (logits [1, Q, C], boxes [1, Q, 4] normalised cxcywh, gt labels [G], gt boxes [G, 4] normalised cxcywh,
 #  scale [1, 4] (w, h, w, h)) -> per image (query index, gt index): the training matcher
@@ -49,15 +49,14 @@ class MatchHistory:
         self.previous: dict[int, np.ndarray] = {}
 
 
-class MatchingInstability:
+class MatchingInstability(PerImageGather[np.ndarray]):
     """One evaluation's matchings of the subset; ``summarize()`` compares them with ``history`` and stores them."""
 
     def __init__(self, image_ids: Sequence[int], matcher: Matcher, history: MatchHistory) -> None:
         self.image_ids = {int(i) for i in image_ids}
         self.matcher = matcher
         self.history = history
-        self._per_image: dict[int, np.ndarray] = {}
-        self._synchronized = False
+        self._start_gather()
 
     def update(self, outputs, targets: Sequence[dict]) -> None:
         for i, target in enumerate(targets):
@@ -71,13 +70,6 @@ class MatchingInstability:
             gt_labels = target["labels"].to(logits.device).long().reshape(-1)
             (pred_idx, gt_idx), = self.matcher(logits, boxes, [gt_labels], [gt_boxes], scale)
             self._per_image[image_id] = query_assignment(logits.shape[1], pred_idx, gt_idx)
-
-    def synchronize(self) -> None:
-        """Gather every rank's images (a collective the first time; idempotent, as the evaluators')."""
-        if self._synchronized:
-            return
-        self._per_image = merge_per_image(all_gather_objects(self._per_image))
-        self._synchronized = True
 
     def summarize(self) -> dict[str, float]:
         common = [i for i in self._per_image if i in self.history.previous

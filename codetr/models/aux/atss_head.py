@@ -19,11 +19,11 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from codetr.config.aux_schema import ATSSConfig
 from codetr.models.aux.anchors import AnchorGenerator
 from codetr.models.aux.assigners import atss_assign
-from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_tower, flatten_levels,
+from codetr.models.aux.base import (PYRAMID_STRIDES, Scale, conv_gn_tower, flatten_levels,
                                     init_conv_head, positive_normaliser, reduce_mean, targets_to_device)
 from codetr.models.aux.box_coder import DeltaXYWHCoder
 from codetr.models.aux.positives import Candidates
-from codetr.models.aux.predict import ONE_STAGE_TEST, BranchTestConfig, dense_detections, per_image_maps
+from codetr.models.aux.one_stage import OneStageHead
 from codetr.models.precision import full_dtype, upcast
 
 
@@ -39,7 +39,7 @@ def centerness_target(points_xy: Tensor, boxes_xyxy: Tensor) -> Tensor:
     return ratio.clamp(min=0).sqrt()
 
 
-class ATSSHead(AuxHead):
+class ATSSHead(OneStageHead):
     """ATSS head on the 5-level pyramid. Loss keys: loss_cls, loss_bbox, loss_centerness."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: ATSSConfig | None = None, *,
@@ -141,25 +141,8 @@ class ATSSHead(AuxHead):
         candidates = Candidates(boxes_xyxy, labels, targets_xyxy, feats=flatten_levels(feats, feats[0].shape[1]))
         return losses, candidates
 
-    @torch.no_grad()
-    def predict(self, feats: list[Tensor], image_sizes: list[tuple[int, int]],
-                cfg: BranchTestConfig = ONE_STAGE_TEST) -> list[dict[str, Tensor]]:
-        """This branch's own detections (:mod:`codetr.models.aux.predict`): scores x centerness, class-wise NMS."""
-        feats = list(feats)[:len(self.strides)]
-        return self.detections(self(feats), [tuple(f.shape[-2:]) for f in feats], image_sizes, cfg)
+    def priors(self, featmap_sizes: list[tuple[int, int]], like: Tensor) -> list[Tensor]:
+        return self.anchor_generator.grid_anchors(featmap_sizes, dtype=like.dtype, device=like.device)
 
-    @torch.no_grad()
-    def detections(self, outputs: tuple, featmap_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
-                   cfg: BranchTestConfig = ONE_STAGE_TEST) -> list[dict[str, Tensor]]:
-        """Per-image detections from :meth:`forward`'s outputs on maps of ``featmap_sizes``."""
-        cls_scores, bbox_preds, centernesses = outputs
-        sizes = featmap_sizes
-        anchors = self.anchor_generator.grid_anchors(sizes, dtype=outputs[1][0].dtype, device=outputs[1][0].device)
-        results = []
-        for i, size in enumerate(image_sizes):
-            scores = [s.sigmoid() for s in per_image_maps(cls_scores, i, self.num_classes)]
-            deltas = per_image_maps(bbox_preds, i, 4)
-            factors = [c.sigmoid()[:, 0] for c in per_image_maps(centernesses, i, 1)]
-            decoders = [lambda loc, a=a, d=d: self.coder.decode(a[loc], d[loc]) for a, d in zip(anchors, deltas)]
-            results.append(dense_detections(scores, decoders, factors, size, cfg))
-        return results
+    def decode(self, priors: Tensor, regressions: Tensor) -> Tensor:
+        return self.coder.decode(priors, regressions)

@@ -24,14 +24,14 @@ from codetr.config.aux_schema import FCOSConfig
 from codetr.models.aux.anchors import grid_points
 from codetr.models.aux.assigners import fcos_assign
 from codetr.models.aux.atss_head import centerness_target
-from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, Scale, conv_gn_tower, flatten_levels,
+from codetr.models.aux.base import (PYRAMID_STRIDES, Scale, conv_gn_tower, flatten_levels,
                                     init_conv_head, positive_normaliser, reduce_mean, targets_to_device)
 from codetr.models.aux.positives import Candidates
-from codetr.models.aux.predict import ONE_STAGE_TEST, BranchTestConfig, dense_detections, per_image_maps
+from codetr.models.aux.one_stage import OneStageHead
 from codetr.models.precision import full_dtype, upcast
 
 
-class FCOSHead(AuxHead):
+class FCOSHead(OneStageHead):
     """FCOS head on the 5-level pyramid. Loss keys: loss_cls, loss_bbox, loss_centerness."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: FCOSConfig | None = None, *,
@@ -132,26 +132,8 @@ class FCOSHead(AuxHead):
         candidates = Candidates(point_boxes, labels, targets_xyxy, feats=flatten_levels(feats, feats[0].shape[1]))
         return losses, candidates
 
-    @torch.no_grad()
-    def predict(self, feats: list[Tensor], image_sizes: list[tuple[int, int]],
-                cfg: BranchTestConfig = ONE_STAGE_TEST) -> list[dict[str, Tensor]]:
-        """This branch's own detections (:mod:`codetr.models.aux.predict`): scores x centerness, class-wise NMS."""
-        feats = list(feats)[:len(self.strides)]
-        return self.detections(self(feats), [tuple(f.shape[-2:]) for f in feats], image_sizes, cfg)
+    def priors(self, featmap_sizes: list[tuple[int, int]], like: Tensor) -> list[Tensor]:
+        return grid_points(featmap_sizes, self.strides, dtype=like.dtype, device=like.device)
 
-    @torch.no_grad()
-    def detections(self, outputs: tuple, featmap_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
-                   cfg: BranchTestConfig = ONE_STAGE_TEST) -> list[dict[str, Tensor]]:
-        """Per-image detections from :meth:`forward`'s outputs on maps of ``featmap_sizes``."""
-        cls_scores, distances, centernesses = outputs
-        sizes = featmap_sizes
-        points = grid_points(sizes, self.strides, dtype=outputs[1][0].dtype, device=outputs[1][0].device)
-        results = []
-        for i, size in enumerate(image_sizes):
-            scores = [s.sigmoid() for s in per_image_maps(cls_scores, i, self.num_classes)]
-            dists = per_image_maps(distances, i, 4)
-            factors = [c.sigmoid()[:, 0] for c in per_image_maps(centernesses, i, 1)]
-            decoders = [lambda loc, p=p, d=d: torch.cat([p[loc] - d[loc, :2], p[loc] + d[loc, 2:]], dim=-1)
-                        for p, d in zip(points, dists)]
-            results.append(dense_detections(scores, decoders, factors, size, cfg))
-        return results
+    def decode(self, priors: Tensor, regressions: Tensor) -> Tensor:
+        return torch.cat([priors - regressions[:, :2], priors + regressions[:, 2:]], dim=-1)

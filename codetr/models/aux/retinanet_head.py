@@ -20,15 +20,15 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 from codetr.config.aux_schema import RetinaNetConfig
 from codetr.models.aux.anchors import AnchorGenerator
 from codetr.models.aux.assigners import max_iou_assign
-from codetr.models.aux.base import (PYRAMID_STRIDES, AuxHead, flatten_levels, init_conv_head,
+from codetr.models.aux.base import (PYRAMID_STRIDES, flatten_levels, init_conv_head,
                                     positive_normaliser, targets_to_device)
 from codetr.models.aux.box_coder import DeltaXYWHCoder
 from codetr.models.aux.positives import Candidates
-from codetr.models.aux.predict import ONE_STAGE_TEST, BranchTestConfig, dense_detections, per_image_maps
+from codetr.models.aux.one_stage import OneStageHead
 from codetr.models.precision import full_dtype
 
 
-class RetinaNetHead(AuxHead):
+class RetinaNetHead(OneStageHead):
     """RetinaNet head on the 5-level pyramid. Loss keys: loss_cls, loss_bbox."""
 
     def __init__(self, in_channels: int, num_classes: int, cfg: RetinaNetConfig | None = None, *,
@@ -122,24 +122,8 @@ class RetinaNetHead(AuxHead):
                                 anchors_per_location=self.anchor_generator.num_base_anchors)
         return losses, candidates
 
-    @torch.no_grad()
-    def predict(self, feats: list[Tensor], image_sizes: list[tuple[int, int]],
-                cfg: BranchTestConfig = ONE_STAGE_TEST) -> list[dict[str, Tensor]]:
-        """This branch's own detections (:mod:`codetr.models.aux.predict`): focal scores, class-wise NMS."""
-        feats = list(feats)[:len(self.strides)]
-        return self.detections(self(feats), [tuple(f.shape[-2:]) for f in feats], image_sizes, cfg)
+    def priors(self, featmap_sizes: list[tuple[int, int]], like: Tensor) -> list[Tensor]:
+        return self.anchor_generator.grid_anchors(featmap_sizes, dtype=like.dtype, device=like.device)
 
-    @torch.no_grad()
-    def detections(self, outputs: tuple, featmap_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
-                   cfg: BranchTestConfig = ONE_STAGE_TEST) -> list[dict[str, Tensor]]:
-        """Per-image detections from :meth:`forward`'s outputs on maps of ``featmap_sizes``."""
-        cls_scores, bbox_preds = outputs
-        sizes = featmap_sizes
-        anchors = self.anchor_generator.grid_anchors(sizes, dtype=outputs[1][0].dtype, device=outputs[1][0].device)
-        results = []
-        for i, size in enumerate(image_sizes):
-            scores = [s.sigmoid() for s in per_image_maps(cls_scores, i, self.num_classes)]
-            deltas = per_image_maps(bbox_preds, i, 4)
-            decoders = [lambda loc, a=a, d=d: self.coder.decode(a[loc], d[loc]) for a, d in zip(anchors, deltas)]
-            results.append(dense_detections(scores, decoders, None, size, cfg))
-        return results
+    def decode(self, priors: Tensor, regressions: Tensor) -> Tensor:
+        return self.coder.decode(priors, regressions)

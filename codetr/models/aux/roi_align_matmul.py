@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import roi_align
 
 # Above this many map cells (H * W), torchvision's kernel is used instead: the dense
 # matmuls cost O(H * W) per RoI, the sparse kernel O(samples) per RoI.

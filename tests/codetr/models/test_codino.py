@@ -5,7 +5,6 @@ import io
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from codetr import build_model, load_config
 from codetr.box_ops import box_cxcywh_to_xyxy
