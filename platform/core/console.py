@@ -15,7 +15,13 @@ configuration and never by filtering the output stream:
   enabled on the local cluster this command starts (``authentication_token_setup``) and ``.git``,
   ``.venv``, ``venv`` or ``__pycache__`` being left out of the working-dir upload (the platform excludes
   them anyway);
-- MLflow's INFO lines (store creation, model validation): ``MLFLOW_LOGGING_LEVEL=WARNING``.
+- MLflow's INFO lines (store creation, model validation): ``MLFLOW_LOGGING_LEVEL=WARNING``;
+- on a local cluster started without Ray's dashboard (the default, ``platform.ray_dashboard``), the
+  warning Ray Train's placement-group cleaner logs every second because the state API lives in the
+  dashboard (``Failed to query Ray Train Controller actor state``): a filter on its logger in every
+  Ray process of the run (:func:`quiet_local_cluster`, the runtime env's ``worker_process_setup_hook``).
+  The cleaner removes a dead controller's placement group on a long-lived cluster; a local cluster
+  ends with the command that started it, and its placement groups with it. Always on ``--verbose``.
 
 Ray Train still writes its own lines at every level to ``ray-train-sys-*.log`` in the session's
 ``logs/train`` folder (``/tmp/ray/session_latest/logs/train``). Not hidden: the C++
@@ -40,6 +46,12 @@ HARMLESS_WARNINGS = [
     ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray"),
 ] + [("ray._private.worker", f"Directory {name!r} is now ignored by default")   # Ray's default excludes, which
      for name in (".git", ".venv", "venv", "__pycache__")]                      # the platform excludes too
+# the same, in Ray's processes of a local cluster started without the dashboard (see the module's docstring)
+LOCAL_CLUSTER_WARNINGS = [
+    ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
+     "Failed to query Ray Train Controller actor state"),
+]
+SETUP_HOOK = "platform.core.console.quiet_local_cluster"
 # Ray Train modules that name their logger by file path (outside ``ray.train``, so Train's own log level
 # does not reach them): ``Reporting training result N: TrainingReport(...)`` comes from the first
 RAY_TRAIN_FILE_LOGGERS = ["train/v2/_internal/execution/context.py"]
@@ -66,18 +78,29 @@ class _DropMessages(logging.Filter):
         return not record.getMessage().startswith(self.prefixes)
 
 
-def configure_driver() -> None:
-    """Logging of this (driver) process, before Ray starts: hide the known harmless warnings and
-    MLflow's INFO lines unless verbose. Idempotent."""
-    if is_verbose():
-        return
+def _drop(warnings: list[tuple[str, str]]) -> None:
     by_logger: dict[str, list[str]] = {}
-    for name, prefix in HARMLESS_WARNINGS:
+    for name, prefix in warnings:
         by_logger.setdefault(name, []).append(prefix)
     for name, prefixes in by_logger.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(prefixes))
+
+
+def quiet_local_cluster() -> None:
+    """``worker_process_setup_hook`` of a local cluster without the dashboard: hide the warnings of
+    :data:`LOCAL_CLUSTER_WARNINGS` in this Ray process unless verbose."""
+    if not is_verbose():
+        _drop(LOCAL_CLUSTER_WARNINGS)
+
+
+def configure_driver() -> None:
+    """Logging of this (driver) process, before Ray starts: hide the known harmless warnings and
+    MLflow's INFO lines unless verbose. Idempotent."""
+    if is_verbose():
+        return
+    _drop(HARMLESS_WARNINGS)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", QUIET_LEVEL)
     logging.getLogger("mlflow").setLevel(QUIET_LEVEL)
 

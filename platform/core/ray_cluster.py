@@ -64,6 +64,8 @@ def init_ray(cfg: Config, extra_env: dict[str, str] | None = None) -> str:
     need = cfg.platform.num_workers * cfg.platform.cpus_per_worker
     # no dashboard unless asked for (platform.ray_dashboard): on a laptop its processes take CPU from the
     # model (benchmarks/run_breakdown.py); MLflow is the run's UI
+    if not cfg.platform.ray_dashboard:
+        env["worker_process_setup_hook"] = console.SETUP_HOOK   # the cleaner's warnings (platform.core.console)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), runtime_env=env, log_to_driver=True,
              include_dashboard=cfg.platform.ray_dashboard, **quiet)
     where = "127.0.0.1 only" if ray.util.get_node_ip_address() == "127.0.0.1" else ray.util.get_node_ip_address()
