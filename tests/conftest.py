@@ -28,10 +28,3 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     return os.environ
 
-
-def pytest_collection_modifyitems(config, items):
-    """The long end-to-end modules (marked ``slow``) first, the rest after in their order: with
-    ``-n 2 --dist loadfile`` (the suite's default, pyproject.toml) each worker takes the next whole module,
-    so the long ones start early and the short ones fill the gaps. Deterministic, as xdist requires
-    (every worker collects the same order)."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
