@@ -67,9 +67,17 @@ class EvalConfig:
     diag_images: int = 16              # the subset: the first N validation images (by image id)
     # the COCO error breakdown (errors/*), PR curves and confusion matrix at the final evaluation
     error_analysis: bool = True
+    # test-time augmentation of the query head: none, flip (left-right), multiscale (tta_scales x {as is, flipped});
+    # views merged by class-wise NMS at tta_nms_iou (codetr/models/tta.py)
+    tta: Literal["none", "flip", "multiscale"] = "none"
+    tta_scales: list[float] = field(default_factory=lambda: [0.8, 1.0, 1.2])   # multiscale: image size factors
+    tta_nms_iou: float = 0.6           # IoU of the class-wise NMS that merges the views
 
     def validate(self, prefix: str) -> None:
         check_range(self.diag_images >= 1, f"{prefix}.diag_images", "must be >= 1")
+        check_range(bool(self.tta_scales) and all(s > 0 for s in self.tta_scales), f"{prefix}.tta_scales",
+                    "must be a non-empty list of factors > 0")
+        check_range(0.0 < self.tta_nms_iou <= 1.0, f"{prefix}.tta_nms_iou", "must be in (0, 1]")
 
 
 @dataclass

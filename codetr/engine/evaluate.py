@@ -12,6 +12,7 @@ from torch import nn
 from codetr.engine.checkpoint import unwrap_model
 from codetr.engine.dist import get_rank
 from codetr.engine.precision import autocast_context
+from codetr.models.tta import tta_detections
 
 
 @dataclass
@@ -27,7 +28,7 @@ class EvalSample:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.device, *, amp: bool = False,
-             num_samples: int = 0) -> tuple[dict[str, float], list[EvalSample]]:
+             num_samples: int = 0, tta: Any = None) -> tuple[dict[str, float], list[EvalSample]]:
     """Run ``model`` in eval mode over ``loader`` and return ``(metrics, samples)``.
 
     Every rank feeds its shard of the validation set to ``evaluator.update(predictions, targets)``;
@@ -37,8 +38,15 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
     with ``wants_outputs`` (:class:`codetr.evaluation.suite.EvaluationSuite` with auxiliary branches or
     diagnostics) gets the model's ``predict_all`` outputs through ``update_outputs`` instead. What the
     evaluator prints (COCOeval's table) is kept out of the console; it stays on
-    ``evaluator.summary_text`` when the evaluator keeps it.
+    ``evaluator.summary_text`` when the evaluator keeps it. ``tta`` (the run's ``eval`` section: ``tta``,
+    ``tta_scales``, ``tta_nms_iou``) replaces the query head's detections by their test-time augmented
+    ones (:mod:`codetr.models.tta`); the auxiliary branches and the diagnostics keep the plain pass.
     """
+    augment = tta is not None and tta.tta != "none"
+
+    def query_detections(net, images):
+        return tta_detections(net, images, tta.tta, tta.tta_scales, tta.tta_nms_iou)
+
     net = unwrap_model(model)   # no DDP hooks or buffer broadcasts in eval
     was_training = net.training
     net.eval()
@@ -52,10 +60,12 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
             if with_outputs:
                 with autocast_context(device, amp):
                     outputs = net.predict_all(images, evaluator.branches)
+                    if augment:
+                        outputs.detections["query"] = query_detections(net, images)
                 predictions = evaluator.update_outputs(outputs, targets_cpu)
             else:
                 with autocast_context(device, amp):
-                    predictions = net(images)
+                    predictions = query_detections(net, images) if augment else net(images)
                 predictions = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()}
                                for p in predictions]
                 evaluator.update(predictions, targets_cpu)

@@ -472,7 +472,7 @@ class TrainLoop:
             evaluator.final = final
         self.best_metric = getattr(evaluator, "primary_metric", BEST_METRIC)
         out = evaluate(self.model, self.val_loader, evaluator, self.device, amp=self.tcfg.amp,
-                       num_samples=num_samples)
+                       num_samples=num_samples, tta=self.cfg.eval)
         self.last_eval_summary = str(getattr(evaluator, "summary_text", "") or "")
         self.last_eval_details = dict(getattr(evaluator, "details", None) or {})
         return out

@@ -40,5 +40,5 @@ def evaluate_checkpoint(checkpoint: str, config: str | None = None, overrides: l
                         num_workers=cfg.data.num_workers, collate_fn=collate_fn)
     make = functools.partial(build_evaluator, val_ds, cfg.data.lvis_max_dets)
     evaluator = EvaluationSuite(make, branches) if branches else make()
-    metrics, _ = evaluate(model, loader, evaluator, torch.device(device), amp=cfg.train.amp)
+    metrics, _ = evaluate(model, loader, evaluator, torch.device(device), amp=cfg.train.amp, tta=cfg.eval)
     return metrics, state

@@ -63,7 +63,7 @@ def error_report(checkpoint: str, out_dir: str | Path, overrides: list[str] | No
                         num_workers=cfg.data.num_workers, collate_fn=collate_fn)
     suite = EvaluationSuite(functools.partial(build_evaluator, val_ds, cfg.data.lvis_max_dets), error_analysis=True)
     suite.final = True
-    metrics, _ = evaluate(model, loader, suite, torch.device(device), amp=cfg.train.amp)
+    metrics, _ = evaluate(model, loader, suite, torch.device(device), amp=cfg.train.amp, tta=cfg.eval)
     analysis = suite.details["errors"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
