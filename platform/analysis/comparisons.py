@@ -11,12 +11,12 @@ comparisons: the tables mark each comparison that lost its baseline or a seed (`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from platform.analysis.stats import CONFIDENCE, Configuration, Effect, Interval, PairedDifference, key_effects, \
     paired_difference
-from platform.analysis.rows import TrialRow, format_value, to_markdown
+from platform.analysis.rows import TrialRow, format_value, is_diagnostic_column, to_markdown
 
 
 def config_order(config_id: str) -> tuple:
@@ -217,3 +217,41 @@ def repeated_statistics(rows, keys: list[str], metric: str, mode: str, baseline_
     candidates = [r for r in rows if r.config_id == best_id and r.metric is not None and r.ran_to_the_end]
     pick = max if mode == "max" else min
     return stats, pick(candidates, key=lambda r: r.metric) if candidates else None
+
+
+def diagnostic_statistics(rows: Sequence[TrialRow], keys: Sequence[str], baseline_id: str | None = None,
+                          confidence: float = CONFIDENCE) -> dict[str, SweepStatistics]:
+    """The statistics of every branch AP and diagnostic (``branch/*/coco/AP``, ``diag/*``) the trials logged,
+    over seeds and paired with the baseline as the sweep's metric is: metric name -> statistics."""
+    names = sorted({k for r in rows for k in r.extra if is_diagnostic_column(k)})
+    return {name: sweep_statistics([replace(r, metric=r.extra.get(name)) for r in rows], keys, name, baseline_id,
+                                   confidence) for name in names}
+
+
+def diagnostics_markdown(per_metric: dict[str, SweepStatistics]) -> str:
+    """One table: per configuration and diagnostic, the mean over seeds with its t-interval, and (other
+    configurations) the paired difference with the baseline with its interval. "" when there is none."""
+    if not per_metric:
+        return ""
+    first = next(iter(per_metric.values()))
+    pct = f"{round(100 * first.confidence)}%"
+    base = first.baseline.config_id if first.baseline else "-"
+    header = ["config", *per_metric]
+    body = []
+    for c in first.configs:
+        cells = [c.config_id + (" (baseline)" if c.config_id == base else "")]
+        for stats in per_metric.values():
+            iv = stats.intervals.get(c.config_id)
+            diff = stats.versus_baseline.get(c.config_id)
+            cell = f"{_num(iv.mean)} {_ci(iv)}".strip() if iv else ""
+            if diff is not None:
+                cell += f"; diff {diff.interval.mean:+.4f} {_ci(diff.interval)}".rstrip()
+            cells.append(cell)
+        body.append(cells)
+    return "\n".join(["### The branches and the diagnostics over seeds",
+                      "",
+                      f"Each auxiliary branch's own AP and the paper's diagnostics (docs/diagnostics.md) after the last "
+                      f"epoch: mean over the seeds with its {pct} t-interval; for the other configurations also the "
+                      f"difference with {base} paired by seed, with its interval.",
+                      "",
+                      to_markdown(header, body)])

@@ -25,7 +25,8 @@ from typing import Any
 import yaml
 from mlflow.exceptions import MlflowException
 
-from platform.analysis.comparisons import lost_note, repeated_statistics, statistics_markdown
+from platform.analysis.comparisons import (diagnostic_statistics, diagnostics_markdown, lost_note, repeated_statistics,
+                                           statistics_markdown)
 from platform.analysis.paper_ablations import PAPER_TABLES
 from platform.analysis.plots import plot_curves, plot_differences
 from platform.analysis.rows import collect_rows, to_markdown
@@ -282,6 +283,10 @@ def build_report(client, tracking_uri: str, sweep: str) -> tuple[str, dict[str, 
         lines += ["No table of the paper is covered: the sweep measured no reference row together with another "
                   "row of the same table (K = 0 / 1 / 2 heads, lambda_1, lambda_2, single heads).", ""]
     lines += ["## All configurations", "", statistics_markdown(stats)]
+    diagnostics = diagnostics_markdown(diagnostic_statistics(rows, record.keys, stats.baseline.config_id
+                                                             if stats.baseline else record.baseline_id))
+    if diagnostics:
+        lines += ["", diagnostics]
     figures = {"coco_AP_over_epochs.png": plot_curves(rows, record.keys, stats)}
     if tables:
         figures["paper_vs_toy.png"] = plot_paper_vs_toy(tables, record.metric)

@@ -27,7 +27,8 @@ import math
 import yaml
 from mlflow.tracking import MlflowClient
 
-from platform.analysis.comparisons import configurations_table, effects_table, statistics_markdown
+from platform.analysis.comparisons import (configurations_table, diagnostic_statistics, diagnostics_markdown,
+                                           effects_table, statistics_markdown)
 from platform.analysis.plots import plot_curves, plot_differences, plot_metric_vs_key
 from platform.analysis.rows import (CURVE_METRIC, TrialRow, format_value, is_diagnostic_column, to_csv, to_markdown,
                                     value_order)
@@ -97,7 +98,10 @@ def log_summary(tracking_uri: str, parent_run_id: str, rows: list[TrialRow], key
     markdown = to_markdown(header, body)
     client.log_text(parent_run_id, to_csv(header, body), "summary/results.csv")
     if stats is not None:
-        markdown = f"{statistics_markdown(stats)}\n### Trials\n\n{markdown}"
+        diagnostics = diagnostics_markdown(diagnostic_statistics(rows, keys, stats.baseline.config_id
+                                                                 if stats.baseline else None, stats.confidence))
+        markdown = (f"{statistics_markdown(stats)}\n" + (f"{diagnostics}\n" if diagnostics else "")
+                    + f"### Trials\n\n{markdown}")
         client.log_text(parent_run_id, to_csv(*configurations_table(stats)), "summary/configurations.csv")
         client.log_text(parent_run_id, to_csv(*effects_table(stats)), "summary/key_effects.csv")
         summary_metrics = {}

@@ -195,3 +195,26 @@ def test_the_report_matches_paper_rows_and_judges_direction():
 def test_paper_tables_reference_rows_exist():
     for table in PAPER_TABLES:
         assert table.reference_row().setting
+
+
+def test_branch_aps_and_diagnostics_get_intervals_over_seeds_and_paired_differences():
+    from platform.analysis.comparisons import diagnostic_statistics, diagnostics_markdown
+
+    rows = _rows(_one_factor_configs())
+    # diag/instability = seed / 10 + 0.2 for K = 0 and seed / 10 for the others; a branch AP only where logged
+    for r in rows:
+        k0 = r.values[HEADS] == []
+        r.extra.update({"diag/instability": r.seed / 10 + (0.2 if k0 else 0.0), "train/loss": 9.0})
+        if not k0:
+            r.extra["branch/atss/coco/AP"] = 0.5 + r.seed / 100
+    per_metric = diagnostic_statistics(rows, [HEADS, L1, L2], baseline_id=None)
+    assert list(per_metric) == ["branch/atss/coco/AP", "diag/instability"]        # train/loss is no diagnostic
+    inst = per_metric["diag/instability"]
+    base = inst.baseline.config_id
+    seeds = list(inst.baseline.by_seed)
+    assert inst.baseline.values[HEADS] == [] and inst.intervals[base].mean == pytest.approx(sum(seeds) / len(seeds) / 10 + 0.2)
+    for cid, diff in inst.versus_baseline.items():            # every other configuration: exactly -0.2 per seed
+        assert diff.interval.mean == pytest.approx(-0.2) and diff.interval.std == pytest.approx(0.0, abs=1e-12)
+    text = diagnostics_markdown(per_metric)
+    assert "| config | branch/atss/coco/AP | diag/instability |" in text and "diff -0.2000" in text
+    assert diagnostics_markdown({}) == ""
