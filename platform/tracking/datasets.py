@@ -19,11 +19,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema
 from mlflow.types.schema import Array
@@ -115,5 +117,16 @@ def log_datasets(tracking_uri: str, run_id: str, infos: list[DatasetInfo]) -> No
         contexts.setdefault(key, []).append(CONTEXTS[info.split])
     inputs = [DatasetInput(first[key].to_entity(), tags=[InputTag(CONTEXT_TAG, "+".join(names))])
               for key, names in contexts.items()]
-    if inputs:
-        MlflowClient(tracking_uri).log_inputs(run_id, datasets=inputs)
+    if not inputs:
+        return
+    client = MlflowClient(tracking_uri)
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            # two runs of one experiment logging the same new dataset at the same moment: the sqlite store
+            # looks it up, finds none, and both insert it; the second insert fails. Again, it finds the row.
+            if "UNIQUE constraint failed: datasets." not in str(e) or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))

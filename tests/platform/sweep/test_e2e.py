@@ -228,7 +228,8 @@ def test_failing_trial_ends_failed_and_the_sweep_goes_on(head):
     env = dict(head["env"], RAY_ADDRESS=head["gcs_address"], MLFLOW_TRACKING_URI=tracking_uri)
     args = _sweep_args(workdir, "failing", "scheduler.type=none", "train.epochs=1", "train.lr_steps=[1]",
                        "search_space={data.batch_size: {grid: [4, 16]}}", "data.group_by_aspect_ratio=false",
-                       "trial_runner=ray_train")
+                       "trial_runner=ray_train",
+                       "max_failures=0")   # no second attempt: the retries are tests/platform/sweep/test_faults.py's
     proc = subprocess.run([sys.executable, "-m", "platform.sweep", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     output = proc.stdout[-8000:] + proc.stderr[-4000:]
