@@ -35,7 +35,8 @@ SMALL = ["data.augment.scales=[128]", "data.augment.max_size=128", "data.augment
 # Ray's and MLflow's chatter that the default console hides (platform/core/console.py)
 CHATTER = ["Reporting training result", "Checkpoint successfully created", "Token authentication is enabled",
            "is now ignored by default", "Started a local Ray instance", "Creating initial MLflow database tables",
-           "Setting up process group", "Wrapping provided model", "Attempting to start training worker group"]
+           "Setting up process group", "Wrapping provided model", "Attempting to start training worker group",
+           "Failed to query Ray Train Controller actor state"]   # once a second without the dashboard, before the filter
 
 
 def _env(workdir: Path) -> dict:
