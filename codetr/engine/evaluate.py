@@ -44,8 +44,8 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
     """
     augment = tta is not None and tta.tta != "none"
 
-    def query_detections(net, images):
-        return tta_detections(net, images, tta.tta, tta.tta_scales, tta.tta_nms_iou)
+    def query_detections(net, images, plain=None):
+        return tta_detections(net, images, tta.tta, tta.tta_scales, tta.tta_nms_iou, plain=plain)
 
     net = unwrap_model(model)   # no DDP hooks or buffer broadcasts in eval
     was_training = net.training
@@ -61,7 +61,7 @@ def evaluate(model: nn.Module, loader: Iterable, evaluator: Any, device: torch.d
                 with autocast_context(device, amp):
                     outputs = net.predict_all(images, evaluator.branches)
                     if augment:
-                        outputs.detections["query"] = query_detections(net, images)
+                        outputs.detections["query"] = query_detections(net, images, outputs.detections["query"])
                 predictions = evaluator.update_outputs(outputs, targets_cpu)
             else:
                 with autocast_context(device, amp):

@@ -63,24 +63,28 @@ def merge_detections(parts: list[dict[str, Tensor]], nms_iou: float, max_per_img
 
 @torch.no_grad()
 def tta_detections(model: nn.Module, images: list[Tensor], mode: str, scales: Sequence[float] = (1.0,),
-                   nms_iou: float = 0.6, max_per_img: int | None = None) -> list[dict[str, Tensor]]:
+                   nms_iou: float = 0.6, max_per_img: int | None = None,
+                   plain: list[dict[str, Tensor]] | None = None) -> list[dict[str, Tensor]]:
     """The query head's detections of ``images`` under ``mode`` (``model(images)`` in eval mode for ``none``).
 
-    ``max_per_img`` defaults to the number of detections the plain pass gives an image.
+    ``plain``: the detections of the plain view when the caller already has them (``model(images)``, or
+    the query head's of ``predict_all``), so that view is not run again. ``max_per_img`` defaults to the
+    number of detections a view gives an image (the query head's fixed top-k).
     """
     views = tta_views(mode, scales)
     if views == [(1.0, False)]:
-        return model(images)
+        return plain if plain is not None else model(images)
     sizes = [tuple(int(v) for v in img.shape[-2:]) for img in images]
     parts: list[list[dict[str, Tensor]]] = [[] for _ in images]
-    plain_count = 0
     for scale, flip in views:
-        batch = [view_of(img, scale, flip) for img in images]
-        for i, det in enumerate(model(batch)):
-            if scale == 1.0 and not flip:
-                plain_count = max(plain_count, len(det["scores"]))
+        if (scale, flip) == (1.0, False) and plain is not None:
+            batch, found = images, plain
+        else:
+            batch = [view_of(img, scale, flip) for img in images]
+            found = model(batch)
+        for i, det in enumerate(found):
             view_size = tuple(int(v) for v in batch[i].shape[-2:])
             parts[i].append({"boxes": boxes_to_image(det["boxes"].float(), view_size, sizes[i], flip),
                              "scores": det["scores"], "labels": det["labels"]})
-    limit = max_per_img if max_per_img is not None else max(plain_count, 1)
+    limit = max_per_img if max_per_img is not None else max([1] + [len(d["scores"]) for p in parts for d in p])
     return [merge_detections(p, nms_iou, limit) for p in parts]

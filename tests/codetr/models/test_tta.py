@@ -112,3 +112,34 @@ def test_the_evaluation_uses_the_augmented_detections_and_bad_settings_are_named
                      ("eval.tta=flop", "eval.tta")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config("experiments/codetr_tiny.yaml", [bad])
+
+
+class _Counting(_Fixed):
+    def __init__(self) -> None:
+        super().__init__()
+        self.widths: list[int] = []
+
+    def forward(self, images):
+        self.widths += [int(img.shape[-1]) for img in images]
+        return super().forward(images)
+
+
+def test_the_plain_views_detections_in_hand_are_used_not_run_again():
+    image = torch.rand(3, 80, 120)
+    counting = _Counting()
+    plain = _Fixed()([image])
+    given = tta_detections(counting, [image], "multiscale", scales=[0.5, 1.0], nms_iou=0.5, plain=plain)
+    assert sorted(counting.widths) == [60, 60, 120]         # 0.5 as is and flipped, 1.0 flipped: not 1.0 as is
+    computed = tta_detections(_Fixed(), [image], "multiscale", scales=[0.5, 1.0], nms_iou=0.5)
+    for key in ("boxes", "scores", "labels"):
+        assert torch.equal(given[0][key], computed[0][key])
+    assert tta_detections(counting, [image], "none", plain=plain) is plain
+
+
+def test_multiscale_without_the_plain_scale_keeps_every_views_top_k():
+    """The default limit is the detections a view gives, with or without the factor 1 among the scales."""
+    model = _model()
+    torch.manual_seed(2)
+    image = torch.rand(3, 64, 96)
+    (det,) = tta_detections(model, [image], "multiscale", scales=[0.9, 1.1], nms_iou=0.6)
+    assert len(det["scores"]) == len(model([image])[0]["scores"])
