@@ -46,6 +46,22 @@ def exported(tmp_path_factory):
     return root, checkpoint, output
 
 
+@pytest.fixture
+def exported_model(exported):
+    """``(ONNX file, the checkpoint's Predictor)``: the file of the export test, or exported here when that
+    test did not run (``-k`` picks this one alone)."""
+    root, checkpoint, output = exported
+    if not output.is_file():
+        assert export.main(["--checkpoint", str(checkpoint.parent), "--format", "onnx", "-o", str(output),
+                            "--height", str(HEIGHT), "--width", str(WIDTH)]) == 0
+    return output, Predictor.from_checkpoint(checkpoint)
+
+
+def _noise_image() -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(3, 70, 90, generator=g) * 255).to(torch.uint8)
+
+
 def test_export_writes_a_checked_onnx_model_of_any_size(exported, capsys):
     root, checkpoint, output = exported
     code = export.main(["--checkpoint", str(checkpoint.parent), "--format", "onnx", "-o", str(output),
@@ -72,17 +88,13 @@ def test_export_writes_a_checked_onnx_model_of_any_size(exported, capsys):
     assert images.shape[1] == 3 and not any(isinstance(d, int) for d in (images.shape[0], *images.shape[2:]))
 
 
-def test_onnxruntime_matches_pytorch_on_a_batch_of_three(exported):
+def test_onnxruntime_matches_pytorch_on_a_batch_of_three(exported_model):
     """Before the top-k every query's logits and box agree; the detections agree paired by label, score and
     box. Not rank by rank: the untrained model's scores all sit near the class prior, and near-tied ones
     rank otherwise in onnxruntime than in PyTorch on some CPUs (seen: 119 px, 84% of the labels at the same
     rank, with the tensors before the top-k equal)."""
-    root, checkpoint, output = exported
-    if not output.is_file():
-        pytest.skip("the export test did not run")
-    predictor = Predictor.from_checkpoint(checkpoint)
-    g = torch.Generator().manual_seed(1)
-    image = (torch.rand(3, 70, 90, generator=g) * 255).to(torch.uint8)
+    output, predictor = exported_model
+    image = _noise_image()
     report = check_onnx(output, predictor, input_batch(image, HEIGHT, WIDTH, 3))
     assert report.batch == 3 and report.ok, report.summary()
     assert report.proposal_scores_max_abs_diff <= 4e-4 and report.selection.consistent
@@ -101,12 +113,9 @@ def test_onnxruntime_matches_pytorch_on_a_batch_of_three(exported):
     assert other.ok, other.summary()
 
 
-def test_the_check_reports_a_real_difference(exported):
+def test_the_check_reports_a_real_difference(exported_model):
     """The tie-robust check still sees a difference: boxes moved by about 1.6 px after the export."""
-    root, checkpoint, output = exported
-    if not output.is_file():
-        pytest.skip("the export test did not run")
-    predictor = Predictor.from_checkpoint(checkpoint)
+    output, predictor = exported_model
     with torch.no_grad():
         predictor.model.query_head.reg_branches[-1].layers[-1].bias[0] += 0.05     # every box's centre x
     report = check_onnx(output, predictor, input_batch(drawn_pattern(HEIGHT, WIDTH), HEIGHT, WIDTH, 1))
@@ -153,13 +162,9 @@ def test_a_swapped_near_tie_in_the_two_stage_selection_changes_queries_and_is_ac
     assert not selection_agreement(own[5], own[6], swapped_index, tol=gap / 2).consistent
 
 
-def test_onnxruntime_matches_pytorch_at_other_sizes_and_a_batch_of_three(exported):
-    root, checkpoint, output = exported
-    if not output.is_file():
-        pytest.skip("the export test did not run")
-    predictor = Predictor.from_checkpoint(checkpoint)
-    g = torch.Generator().manual_seed(1)
-    image = (torch.rand(3, 70, 90, generator=g) * 255).to(torch.uint8)
+def test_onnxruntime_matches_pytorch_at_other_sizes_and_a_batch_of_three(exported_model):
+    output, predictor = exported_model
+    image = _noise_image()
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     for height, width in ((80, 150), (150, 70)):
         report = check_onnx(output, predictor, input_batch(image, height, width, 3))
